@@ -1,0 +1,1 @@
+"""Protocol definitions and the Python modules generated from them (no hand-written logic)."""

@@ -1,0 +1,1 @@
+"""The engine: metadata, content, snapshots, images, tasks, events and the containerd API."""

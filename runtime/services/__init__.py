@@ -1,0 +1,1 @@
+"""gRPC servicers for containerd's client API: thin adapters over the stores."""
