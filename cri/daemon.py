@@ -55,7 +55,9 @@ def _acquire_root_lock(root: Path) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise StartupError(f"another wharfd (pid {holder}) is already using root {root} (lock {path})") from None
+        raise StartupError(
+            f"another wharfd (pid {holder}) is already using root {root} (lock {path})"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -107,7 +109,9 @@ def _dump_stacks() -> None:
     for thread_id, frame in sys._current_frames().items():
         lines.append(f"--- thread {thread_id}")
         lines.extend(traceback.format_stack(frame))
-    log.info("stack dump on SIGUSR1:\n%s", "".join(line if line.endswith("\n") else line + "\n" for line in lines))
+    log.info(
+        "stack dump on SIGUSR1:\n%s", "".join(line if line.endswith("\n") else line + "\n" for line in lines)
+    )
 
 
 def _set_oom_score(score: int) -> None:
@@ -142,17 +146,25 @@ class Daemon:
             plugins=self.plugins,
         )
 
+    def _prepare_host(self) -> IO[str]:
+        """Lock the root, create the state dir, clear stale sockets (blocking; run in a thread)."""
+        lock = _acquire_root_lock(Path(self.cfg.root))
+        try:
+            Path(self.cfg.state).mkdir(parents=True, exist_ok=True, mode=0o711)
+            _set_oom_score(self.cfg.oom_score)
+            _prepare_socket_path(Path(self.cfg.grpc.address))
+            _prepare_socket_path(Path(self.cfg.ttrpc_address()))
+        except BaseException:
+            lock.close()
+            raise
+        return lock
+
     async def start(self) -> None:
         """Bring everything up; raise StartupError with one clear line when that is impossible."""
         t0 = time.monotonic()
-        root, state = Path(self.cfg.root), Path(self.cfg.state)
-        self._lock = _acquire_root_lock(root)
-        state.mkdir(parents=True, exist_ok=True, mode=0o711)
-        _set_oom_score(self.cfg.oom_score)
+        self._lock = await asyncio.to_thread(self._prepare_host)
         address = Path(self.cfg.grpc.address)
         ttrpc_address = Path(self.cfg.ttrpc_address())
-        _prepare_socket_path(address)
-        _prepare_socket_path(ttrpc_address)
 
         self.plugins = plugin.PluginSet(
             builtins.registrations(),
@@ -165,11 +177,18 @@ class Daemon:
             await self.plugins.close()
             raise StartupError(str(exc)) from exc
 
+        # Plugins that observe every call (metrics) hand the server an interceptor.
+        interceptors = [
+            p.instance.interceptor
+            for p in self.plugins.plugins
+            if p.started and hasattr(p.instance, "interceptor")
+        ]
         self.server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", self.cfg.grpc.max_recv_message_size),
                 ("grpc.max_send_message_length", self.cfg.grpc.max_send_message_size),
-            ]
+            ],
         )
         for p in self.plugins.started(plugin.GRPC):
             p.instance.register(self.server)
@@ -230,8 +249,12 @@ class Daemon:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wharfd", description="A Kubernetes-node container runtime (CRI v1).")
-    parser.add_argument("-c", "--config", help=f"config file (default {config.DEFAULT_CONFIG_PATH} if present)")
+    parser = argparse.ArgumentParser(
+        prog="wharfd", description="A Kubernetes-node container runtime (CRI v1)."
+    )
+    parser.add_argument(
+        "-c", "--config", help=f"config file (default {config.DEFAULT_CONFIG_PATH} if present)"
+    )
     parser.add_argument("-l", "--log-level", help="override [debug] level (trace, debug, info, warn, error)")
     parser.add_argument("-a", "--address", help="override [grpc] address")
     parser.add_argument("--root", help="override root (persistent data)")
@@ -291,5 +314,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second ^C while stopping
         return 130
     return 0
-
-

@@ -25,7 +25,9 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
     """``runtime.v1.RuntimeService``."""
 
     @cri_unary
-    async def Version(self, request: cri.VersionRequest, context: grpc.aio.ServicerContext[Any, Any]) -> cri.VersionResponse:
+    async def Version(
+        self, request: cri.VersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> cri.VersionResponse:
         # kubelet refuses a runtime whose Version leaves any of these four empty.
         return cri.VersionResponse(
             version=version.CRI_VERSION,

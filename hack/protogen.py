@@ -65,11 +65,7 @@ def generate(out: Path) -> None:
 
 def _generated_files(base: Path) -> set[str]:
     found = {p.relative_to(base).as_posix() for p in base.rglob("*") if p.name.endswith(GENERATED_SUFFIXES)}
-    found |= {
-        p.relative_to(base).as_posix()
-        for p in base.rglob("__init__.py")
-        if p.parent != base
-    }
+    found |= {p.relative_to(base).as_posix() for p in base.rglob("__init__.py") if p.parent != base}
     return found
 
 
@@ -84,7 +80,9 @@ def main() -> int:
         fresh = _generated_files(fresh_root) if fresh_root.exists() else set()
         current = _generated_files(API)
         stale = sorted(current - fresh)
-        changed = sorted(f for f in fresh if f not in current or not filecmp.cmp(fresh_root / f, API / f, shallow=False))
+        changed = sorted(
+            f for f in fresh if f not in current or not filecmp.cmp(fresh_root / f, API / f, shallow=False)
+        )
         if args.check:
             for f in changed:
                 print(f"would regenerate api/{f}")

@@ -68,7 +68,7 @@ class Unavailable(WharfError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class NotImplemented(WharfError):  # noqa: A001 - mirrors errdefs.ErrNotImplemented
+class NotImplemented(WharfError):
     """The call, or an option of it, is not supported by this daemon."""
 
     code = grpc.StatusCode.UNIMPLEMENTED

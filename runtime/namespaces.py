@@ -31,12 +31,10 @@ def validate_identifier(value: str, *, what: str = "identifier") -> str:
         raise errors.InvalidArgument(f"{what} must not be empty")
     if len(value) > MAX_IDENTIFIER_LENGTH:
         raise errors.InvalidArgument(
-            f"{what} {value!r} greater than maximum length ({MAX_IDENTIFIER_LENGTH} characters)"
+            f'{what} "{value}" greater than maximum length ({MAX_IDENTIFIER_LENGTH} characters)'
         )
     if not _IDENTIFIER.match(value):
-        raise errors.InvalidArgument(
-            f"{what} {value!r} must match {_IDENTIFIER.pattern}"
-        )
+        raise errors.InvalidArgument(f'{what} "{value}" must match {_IDENTIFIER.pattern}')
     return value
 
 

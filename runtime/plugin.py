@@ -39,6 +39,7 @@ INTERNAL = "io.containerd.internal.v1"
 TRANSFER = "io.containerd.transfer.v1"
 CRI = "io.containerd.cri.v1"
 CNI = "io.wharfd.cni.v1"
+SERVER = "io.containerd.server.v1"
 
 T = TypeVar("T")
 
@@ -129,12 +130,10 @@ def order(registrations: Sequence[Registration]) -> list[Registration]:
     """
     remaining = list(registrations)
     done: list[Registration] = []
-    placed: set[str] = set()
 
     def satisfied(reg: Registration) -> bool:
         for req in reg.requires:
-            pending = [r for r in remaining if r is not reg and (r.type == req or r.uri == req)]
-            if pending:
+            if any(r is not reg and req in (r.type, r.uri) for r in remaining):
                 return False
         return True
 
@@ -146,7 +145,6 @@ def order(registrations: Sequence[Registration]) -> list[Registration]:
         for reg in ready:
             remaining.remove(reg)
             done.append(reg)
-            placed.add(reg.uri)
     return done
 
 
@@ -166,7 +164,9 @@ class PluginSet:
             raise errors.InvalidArgument(f"duplicate plugin registrations in {uris}")
         self.disabled = set(disabled)
         self.required = set(required)
-        self.plugins: list[Plugin] = [Plugin(reg) for reg in order([r for r in regs if r.uri not in self.disabled])]
+        self.plugins: list[Plugin] = [
+            Plugin(reg) for reg in order([r for r in regs if r.uri not in self.disabled])
+        ]
 
     def instance(self, type_: str, id_: str | None = None) -> Any:
         """The instance of a started plugin; NotFound when absent, disabled or failed."""
@@ -182,13 +182,17 @@ class PluginSet:
 
     def instances(self, type_: str) -> dict[str, Any]:
         """Every started plugin of a type, by id."""
-        return {p.registration.id: p.instance for p in self.plugins if p.registration.type == type_ and p.started}
+        return {
+            p.registration.id: p.instance for p in self.plugins if p.registration.type == type_ and p.started
+        }
 
     async def start(self, make_context: Callable[[Registration], InitContext]) -> None:
         """Run every init in order. A failing plugin is recorded; a failing required one aborts start-up."""
         unknown = self.required - {p.registration.uri for p in self.plugins}
         if unknown:
-            raise errors.FailedPrecondition(f"required plugins not loaded (unknown or disabled): {sorted(unknown)}")
+            raise errors.FailedPrecondition(
+                f"required plugins not loaded (unknown or disabled): {sorted(unknown)}"
+            )
         for plugin in self.plugins:
             reg = plugin.registration
             ctx = make_context(reg)
@@ -222,5 +226,3 @@ class PluginSet:
     def started(self, type_: str) -> list[Plugin]:
         """The plugins of a type that started, in start order."""
         return [p for p in self.plugins if p.registration.type == type_ and p.started]
-
-

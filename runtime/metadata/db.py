@@ -1,7 +1,7 @@
 """The SQLite metadata database: connection discipline and schema migrations.
 
 The database is one file, ``<root>/metadata.db`` (SQLite keeps ``-wal`` and
-``-shm`` beside it). Schema at version 1::
+``-shm`` beside it). Schema at version 3::
 
     schema_version                         one row per applied migration
     ├── version     INTEGER NOT NULL       the migration's number; the schema is at MAX(version)
@@ -12,6 +12,38 @@ The database is one file, ``<root>/metadata.db`` (SQLite keeps ``-wal`` and
     ├── labels      TEXT NOT NULL '{}'     JSON object {key: value}; empty values are never stored
     ├── created_at  TEXT                   RFC 3339 UTC
     └── updated_at  TEXT                   RFC 3339 UTC
+
+    content_blobs                          (v2) which namespace sees which blob of <content root>/blobs
+    ├── namespace   TEXT NOT NULL          ┐ primary key; index on digest alone
+    ├── digest      TEXT NOT NULL          ┘ "sha256:<64 hex>"
+    ├── size        INTEGER NOT NULL       bytes
+    ├── labels      TEXT NOT NULL '{}'     JSON object; empty values are never stored
+    ├── created_at  TEXT NOT NULL          RFC 3339 UTC, when committed in this namespace
+    └── updated_at  TEXT NOT NULL          RFC 3339 UTC
+
+    content_ingests                        (v2) writes in progress (data under <content root>/ingest)
+    ├── namespace   TEXT NOT NULL          ┐ primary key
+    ├── ref         TEXT NOT NULL          ┘ the client's name for the write
+    ├── expected    TEXT NOT NULL ''       digest of an existing blob this ingest shares (no data written)
+    ├── total       INTEGER NOT NULL 0     expected size, 0 when unknown
+    └── created_at  TEXT NOT NULL          RFC 3339 UTC
+
+    snapshots                              (v3) every snapshot of every snapshotter
+    ├── snapshotter TEXT NOT NULL          ┐ primary key; id is also the backend directory:
+    ├── id          INTEGER NOT NULL       ┘ <snapshotter root>/snapshots/<id>
+    ├── namespace   TEXT NOT NULL          ┐ unique: the caller's name for it
+    ├── key         TEXT NOT NULL          ┘ (with snapshotter)
+    ├── kind        INTEGER NOT NULL       1 view, 2 active, 3 committed (the API's Kind numbers)
+    ├── parent_id   INTEGER                → snapshots (snapshotter, id); NULL for a base layer
+    ├── labels      TEXT NOT NULL '{}'     JSON object; empty values are never stored
+    ├── created_at  TEXT NOT NULL          RFC 3339 UTC (reset by commit)
+    ├── updated_at  TEXT NOT NULL          RFC 3339 UTC
+    ├── size        INTEGER                bytes of the layer, measured at commit; NULL before
+    └── inodes      INTEGER                inodes of the layer, measured at commit; NULL before
+
+    snapshot_ids                           (v3) the last id handed out per snapshotter; ids are never reused
+    ├── snapshotter TEXT PRIMARY KEY
+    └── last_id     INTEGER NOT NULL
 
 Every later table (images, containers, leases, content labels, snapshots) has
 a ``namespace TEXT NOT NULL`` column. Deleting a namespace finds what it still
@@ -40,6 +72,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import queue
 import sqlite3
@@ -87,8 +120,77 @@ def _v1_namespaces(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v2_content(conn: sqlite3.Connection) -> None:
+    # Blob files are shared on disk; these rows say which namespace sees which blob.
+    conn.execute(
+        """
+        CREATE TABLE content_blobs (
+            namespace  TEXT NOT NULL,
+            digest     TEXT NOT NULL,
+            size       INTEGER NOT NULL,
+            labels     TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            PRIMARY KEY (namespace, digest)
+        )
+        """
+    )
+    # Deleting a blob's last row must find the other namespaces holding it quickly.
+    conn.execute("CREATE INDEX content_blobs_by_digest ON content_blobs (digest)")
+    conn.execute(
+        """
+        CREATE TABLE content_ingests (
+            namespace  TEXT NOT NULL,
+            ref        TEXT NOT NULL,
+            expected   TEXT NOT NULL DEFAULT '',
+            total      INTEGER NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (namespace, ref)
+        )
+        """
+    )
+
+
+def _v3_snapshots(conn: sqlite3.Connection) -> None:
+    # A parent cannot be deleted while a child points at it (foreign keys are on);
+    # the snapshotter checks first to name the children, this is the backstop.
+    conn.execute(
+        """
+        CREATE TABLE snapshots (
+            snapshotter TEXT NOT NULL,
+            id          INTEGER NOT NULL,
+            namespace   TEXT NOT NULL,
+            key         TEXT NOT NULL,
+            kind        INTEGER NOT NULL CHECK (kind IN (1, 2, 3)),
+            parent_id   INTEGER,
+            labels      TEXT NOT NULL DEFAULT '{}',
+            created_at  TEXT NOT NULL,
+            updated_at  TEXT NOT NULL,
+            size        INTEGER,
+            inodes      INTEGER,
+            PRIMARY KEY (snapshotter, id),
+            UNIQUE (namespace, snapshotter, key),
+            FOREIGN KEY (snapshotter, parent_id) REFERENCES snapshots (snapshotter, id)
+        )
+        """
+    )
+    # Finds children (remove, and the foreign key check on delete) without a scan.
+    conn.execute("CREATE INDEX snapshots_by_parent ON snapshots (snapshotter, parent_id)")
+    # Ids are handed out before the record exists (the directory is made first).
+    conn.execute(
+        """
+        CREATE TABLE snapshot_ids (
+            snapshotter TEXT PRIMARY KEY NOT NULL,
+            last_id     INTEGER NOT NULL
+        )
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "namespaces", _v1_namespaces),
+    Migration(1, "create namespaces", _v1_namespaces),
+    Migration(2, "content blobs and ingests per namespace", _v2_content),
+    Migration(3, "snapshots and their id sequences", _v3_snapshots),
 )
 
 
@@ -109,6 +211,7 @@ def _connect(path: Path, *, reader: bool) -> sqlite3.Connection:
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Safe against a killed daemon in WAL mode, and no fsync per commit: see "Durability" above.
     conn.execute("PRAGMA synchronous = NORMAL")
     if reader:
         conn.execute("PRAGMA query_only = ON")
@@ -138,6 +241,13 @@ def _current_version(conn: sqlite3.Connection) -> int:
     return int(row[0])
 
 
+def _apply(migration: Migration, conn: sqlite3.Connection) -> None:
+    migration.apply(conn)
+    conn.execute(
+        "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (migration.version, utcnow())
+    )
+
+
 def _migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[Migration]) -> int:
     """Bring the schema up to the last of ``migrations``; return the resulting version."""
 
@@ -153,12 +263,7 @@ def _migrate(conn: sqlite3.Connection, path: Path, migrations: Sequence[Migratio
             "this wharfd knows: run the wharfd that wrote it, or a newer one"
         )
     for migration in migrations[found:]:
-
-        def step(c: sqlite3.Connection, m: Migration = migration) -> None:
-            m.apply(c)
-            c.execute("INSERT INTO schema_version (version, applied_at) VALUES (?, ?)", (m.version, utcnow()))
-
-        _in_transaction(conn, "BEGIN IMMEDIATE", step)
+        _in_transaction(conn, "BEGIN IMMEDIATE", functools.partial(_apply, migration))
         log.info("metadata %s: applied migration %d (%s)", path, migration.version, migration.description)
     return known
 
@@ -172,6 +277,7 @@ class Database:
 
     def __init__(
         self,
+        *,
         path: Path,
         version: int,
         writer: ThreadPoolExecutor,
@@ -214,8 +320,27 @@ class Database:
             writer.shutdown(wait=False)
             raise
         pool = ThreadPoolExecutor(max_workers=readers, thread_name_prefix="wharfd-db-reader")
-        reader_conns = [await loop.run_in_executor(pool, lambda: _connect(path, reader=True)) for _ in range(readers)]
-        return cls(path, version, writer, conn, pool, reader_conns)
+        reader_conns: list[sqlite3.Connection] = []
+        try:
+            for _ in range(readers):
+                reader_conns.append(
+                    await loop.run_in_executor(pool, functools.partial(_connect, path, reader=True))
+                )
+        except BaseException:
+            for reader in reader_conns:
+                reader.close()
+            await loop.run_in_executor(writer, conn.close)
+            writer.shutdown(wait=False)
+            pool.shutdown(wait=False)
+            raise
+        return cls(
+            path=path,
+            version=version,
+            writer=writer,
+            writer_conn=conn,
+            readers=pool,
+            reader_conns=reader_conns,
+        )
 
     @property
     def path(self) -> Path:
@@ -292,7 +417,9 @@ def _open_writer(path: Path, migrations: Sequence[Migration]) -> tuple[sqlite3.C
     try:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
-            raise errors.FailedPrecondition(f"metadata database {path}: cannot use WAL journal (got {mode!r})")
+            raise errors.FailedPrecondition(
+                f"metadata database {path}: cannot use WAL journal (got {mode!r})"
+            )
         version = _migrate(conn, path, migrations)
     except BaseException:
         conn.close()

@@ -12,7 +12,7 @@ class HealthService:
     """Holds the health servicer so the daemon can flip its status."""
 
     def __init__(self) -> None:
-        self.servicer = health.aio.HealthServicer()
+        self.servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # set at import time
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add the health servicer to a gRPC server."""
@@ -20,7 +20,9 @@ class HealthService:
 
     async def set_serving(self, serving: bool) -> None:
         """Report the whole server (service "") as SERVING or NOT_SERVING."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         await self.servicer.set("", status)
 
 

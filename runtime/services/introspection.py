@@ -65,6 +65,8 @@ def plugin_message(p: plugin.Plugin) -> pb.Plugin:
     )
     if p.error is not None:
         code, message = errors.to_status(p.error)
+        if not isinstance(p.error, errors.WharfError):
+            message = str(p.error)  # the init's own words, without the exception class
         # google.rpc.Code numbers equal grpc.StatusCode's first tuple element.
         msg.init_err.CopyFrom(status_pb2.Status(code=code.value[0] or code_pb2.UNKNOWN, message=message))
     return msg
@@ -98,14 +100,18 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         self._uuid = server_uuid
 
     @boundary.unary
-    async def Plugins(self, request: pb.PluginsRequest, context: grpc.aio.ServicerContext[Any, Any]) -> pb.PluginsResponse:
+    async def Plugins(
+        self, request: pb.PluginsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.PluginsResponse:
         flt = filters.parse(request.filters)
         return pb.PluginsResponse(
             plugins=[plugin_message(p) for p in self._plugins.plugins if flt.matches(_adaptor(p))]
         )
 
     @boundary.unary
-    async def Server(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]) -> pb.ServerResponse:
+    async def Server(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ServerResponse:
         return pb.ServerResponse(uuid=self._uuid, pid=os.getpid(), pidns=_pidns())
 
     @boundary.unary

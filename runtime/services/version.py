@@ -17,7 +17,9 @@ class VersionService(pb_grpc.VersionServicer):
     """Answers ``Version`` with this build's version and revision."""
 
     @boundary.unary
-    async def Version(self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]) -> pb.VersionResponse:
+    async def Version(
+        self, request: empty_pb2.Empty, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.VersionResponse:
         return pb.VersionResponse(version=version.version(), revision=version.revision())
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -46,7 +46,9 @@ class Frame:
 def encode(frame: Frame) -> bytes:
     """Serialize a frame, refusing data over the 4 MiB limit."""
     if len(frame.data) > MAX_DATA:
-        raise errors.ResourceExhausted(f"ttrpc message of {len(frame.data)} bytes exceeds the {MAX_DATA} byte limit")
+        raise errors.ResourceExhausted(
+            f"ttrpc message of {len(frame.data)} bytes exceeds the {MAX_DATA} byte limit"
+        )
     return HEADER.pack(len(frame.data), frame.stream_id, frame.type, frame.flags) + frame.data
 
 
@@ -71,6 +73,8 @@ class OversizedFrame(Exception):
     """A peer sent a frame larger than :data:`MAX_DATA`."""
 
     def __init__(self, stream_id: int, length: int) -> None:
-        super().__init__(f"ttrpc frame of {length} bytes on stream {stream_id} exceeds the {MAX_DATA} byte limit")
+        super().__init__(
+            f"ttrpc frame of {length} bytes on stream {stream_id} exceeds the {MAX_DATA} byte limit"
+        )
         self.stream_id = stream_id
         self.length = length

@@ -85,7 +85,9 @@ class TtrpcServer:
         try:
             request.ParseFromString(frame.data)
         except Exception:
-            await self._reply(writer, lock, frame.stream_id, errors.InvalidArgument("malformed ttrpc request"), b"")
+            await self._reply(
+                writer, lock, frame.stream_id, errors.InvalidArgument("malformed ttrpc request"), b""
+            )
             return
         handler = self._handlers.get((request.service, request.method))
         if handler is None:
@@ -120,7 +122,9 @@ class TtrpcServer:
         if error is not None:
             code, message = errors.to_status(error)
             response.status.CopyFrom(status_pb2.Status(code=code.value[0], message=message))
-        data = protocol.encode(protocol.Frame(stream_id, protocol.TYPE_RESPONSE, 0, response.SerializeToString()))
+        data = protocol.encode(
+            protocol.Frame(stream_id, protocol.TYPE_RESPONSE, 0, response.SerializeToString())
+        )
         async with lock:  # frames of concurrent calls must not interleave
             writer.write(data)
             with contextlib.suppress(ConnectionError):
