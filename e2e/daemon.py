@@ -23,6 +23,8 @@ class Daemon:
 
     base: Path
     extra_config: str = ""
+    # Top-level keys (disabled_plugins, required_plugins, ...) must precede any table.
+    top_config: str = ""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -49,7 +51,7 @@ class Daemon:
     def write_config(self) -> None:
         """Write the test config: paths under ``base``, debug logs, plus ``extra_config``."""
         self.config_path.write_text(
-            "version = 2\n"
+            self.top_config + "version = 2\n"
             f'root = "{self.root}"\n'
             f'state = "{self.state}"\n'
             "[grpc]\n"
@@ -137,9 +139,9 @@ class Daemon:
 
 
 @contextmanager
-def running(base: Path, extra_config: str = "") -> Iterator[Daemon]:
+def running(base: Path, extra_config: str = "", top_config: str = "") -> Iterator[Daemon]:
     """A started daemon that is always stopped (SIGKILL as a last resort) at the end."""
-    daemon = Daemon(base, extra_config)
+    daemon = Daemon(base, extra_config, top_config)
     daemon.start()
     try:
         yield daemon

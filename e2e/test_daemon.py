@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import stat
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -170,19 +172,60 @@ def test_config_default_round_trips(tmp_path: Path) -> None:
 
 
 def test_disabled_plugin_is_absent(tmp_path: Path) -> None:
-    extra = 'disabled_plugins = ["io.containerd.grpc.v1.version"]\n'
-    d = Daemon(tmp_path / "d", extra)
-    # disabled_plugins is a top-level key: it must come before any table.
-    d.write_config = lambda: d.config_path.write_text(  # type: ignore[method-assign]
-        extra + f'version = 2\nroot = "{d.root}"\nstate = "{d.state}"\n[grpc]\n  address = "{d.address}"\n'
-    )
-    d.start()
-    try:
+    with running(tmp_path / "d", top_config='disabled_plugins = ["io.containerd.grpc.v1.version"]\n') as d:
         with d.channel() as ch:
             with pytest.raises(grpc.RpcError) as info:
                 version_pb2_grpc.VersionStub(ch).Version(empty_pb2.Empty(), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
             plugins = ipb_grpc.IntrospectionStub(ch).Plugins(ipb.PluginsRequest(), timeout=5).plugins
         assert "version" not in {p.id for p in plugins}
-    finally:
-        d.stop()
+
+
+def _busy_port() -> tuple[socket.socket, int]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock, sock.getsockname()[1]
+
+
+def test_failing_optional_plugin_is_reported(tmp_path: Path) -> None:
+    sock, port = _busy_port()
+    with sock, running(tmp_path / "d", extra_config=f'[metrics]\n  address = "127.0.0.1:{port}"\n') as d:
+        rows = {
+            tuple(line.split()[:2]): line.split()[-1]
+            for line in d.wharf("plugins", "ls").stdout.splitlines()[1:]
+        }
+        assert rows[("io.containerd.server.v1", "metrics")] == "error"
+        assert rows[("io.containerd.grpc.v1", "cri")] == "ok"
+        assert "address already in use" in d.wharf("plugins", "ls", "-d").stdout.lower()
+
+
+def test_failing_required_plugin_stops_startup(tmp_path: Path) -> None:
+    sock, port = _busy_port()
+    with sock:
+        d = Daemon(
+            tmp_path / "d",
+            extra_config=f'[metrics]\n  address = "127.0.0.1:{port}"\n',
+            top_config='required_plugins = ["io.containerd.server.v1.metrics"]\n',
+        )
+        d.start(wait=False)
+        assert d.proc is not None
+        assert d.proc.wait(30) == 1
+    assert "required plugin io.containerd.server.v1.metrics failed to load" in d.log()
+
+
+def test_metrics_endpoint(tmp_path: Path) -> None:
+    sock, port = _busy_port()
+    sock.close()  # a free port for the daemon
+    extra = f'[metrics]\n  address = "127.0.0.1:{port}"\n  grpc_histogram = true\n'
+    with running(tmp_path / "d", extra_config=extra) as d:
+        with d.channel() as ch:
+            cri_grpc.RuntimeServiceStub(ch).Version(cri.VersionRequest(), timeout=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    assert (
+        'grpc_server_handled_total{grpc_code="OK",grpc_method="Version",'
+        'grpc_service="runtime.v1.RuntimeService",grpc_type="unary"}' in text
+    )
+    assert "grpc_server_handling_seconds_bucket" in text
+    assert "wharfd_build_info_total" in text

@@ -18,7 +18,7 @@ run .venv/bin/ruff check .
 run .venv/bin/mypy
 run .venv/bin/python hack/protogen.py --check
 echo "==> pytest"
-.venv/bin/pytest -p no:cacheprovider "$@"
+.venv/bin/pytest -p no:cacheprovider --basetemp=/tmp/wharfd-test-pytest "$@"
 rc=$?
 # pytest exits 5 when no test was collected: that is a failure of the suite here.
 [ "$rc" -ne 0 ] && status=1

@@ -42,6 +42,15 @@ def _split(method: str) -> tuple[str, str]:
     return service, name
 
 
+def go_code_name(code: grpc.StatusCode) -> str:
+    """The code's name as Go's codes.Code.String() spells it (``OK``, ``NotFound``, ``Canceled``)."""
+    if code == grpc.StatusCode.OK:
+        return "OK"
+    if code == grpc.StatusCode.CANCELLED:
+        return "Canceled"
+    return code.name.title().replace("_", "")
+
+
 class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Counts every RPC the daemon serves, as go-grpc-prometheus does."""
 
@@ -89,8 +98,7 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         code = context.code() if hasattr(context, "code") else None
         if code is None:
             code = grpc.StatusCode.UNKNOWN if failed is not None else grpc.StatusCode.OK
-        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-        GRPC_HANDLED.labels(*labels, name.title().replace("_", "")).inc()
+        GRPC_HANDLED.labels(*labels, go_code_name(code)).inc()
         if self.histogram:
             GRPC_SECONDS.labels(*labels).observe(time.monotonic() - started)
 
