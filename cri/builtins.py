@@ -7,8 +7,9 @@ config removes entries by their ``type.id``.
 from __future__ import annotations
 
 from wharfd.cri import service as cri_service
-from wharfd.runtime import metrics, plugin
+from wharfd.runtime import events, metrics, plugin
 from wharfd.runtime.metadata import plugin as metadata
+from wharfd.runtime.services import events as events_service
 from wharfd.runtime.services import health, introspection, namespaces, version
 
 
@@ -16,6 +17,9 @@ def registrations() -> tuple[plugin.Registration, ...]:
     """Every built-in plugin registration."""
     return (
         metadata.PLUGIN,
+        events.PLUGIN,
+        events_service.PLUGIN,
+        events_service.TTRPC_PLUGIN,
         namespaces.PLUGIN,
         introspection.PLUGIN,
         version.PLUGIN,

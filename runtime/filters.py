@@ -97,9 +97,9 @@ class _Scanner:
 
     def field(self) -> str:
         self.skip_space()
-        if self.peek() in ('"', "`"):
+        if self.peek() == '"':
             return self.quoted()
-        match = re.compile(r"[A-Za-z_][A-Za-z0-9_\-/]*").match(self.text, self.pos)
+        match = re.compile(r"[A-Za-z0-9_]+").match(self.text, self.pos)
         if not match:
             raise self.error("expected a field name")
         self.pos = match.end()
@@ -107,7 +107,7 @@ class _Scanner:
 
     def value(self) -> str:
         self.skip_space()
-        if self.peek() in ('"', "`", "/"):
+        if self.peek() == '"':
             return self.quoted()
         match = re.compile(r"[^,\s]*").match(self.text, self.pos)
         assert match is not None

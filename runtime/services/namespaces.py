@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2
 from google.protobuf.message import Message
+
 from wharfd.api.events import namespace_pb2 as events_pb2
 from wharfd.api.services.namespaces.v1 import namespace_pb2 as pb
 from wharfd.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
@@ -121,7 +122,10 @@ class NamespacesPlugin:
 
 
 async def _init(ctx: plugin.InitContext) -> NamespacesPlugin:
-    return NamespacesPlugin(ctx.get(plugin.METADATA).namespaces)
+    exchange = ctx.get(plugin.EVENT)
+    return NamespacesPlugin(ctx.get(plugin.METADATA).namespaces, exchange.publish)
 
 
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="namespaces", init=_init, requires=(plugin.METADATA,))
+PLUGIN = plugin.Registration(
+    type=plugin.GRPC, id="namespaces", init=_init, requires=(plugin.METADATA, plugin.EVENT)
+)
