@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any
 
 import grpc
+
 from wharfd.runtime import errors, namespaces
 
 log = logging.getLogger("wharfd.client")
@@ -306,3 +307,45 @@ class Client:
         from wharfd.api.services.introspection.v1 import introspection_pb2_grpc
 
         return introspection_pb2_grpc.IntrospectionStub(self._channel)
+
+    @functools.cached_property
+    def content(self) -> Any:
+        """``containerd.services.content.v1.Content``."""
+        from wharfd.api.services.content.v1 import content_pb2_grpc
+
+        return content_pb2_grpc.ContentStub(self._channel)
+
+    @functools.cached_property
+    def snapshots(self) -> Any:
+        """``containerd.services.snapshots.v1.Snapshots``."""
+        from wharfd.api.services.snapshots.v1 import snapshots_pb2_grpc
+
+        return snapshots_pb2_grpc.SnapshotsStub(self._channel)
+
+    @functools.cached_property
+    def leases(self) -> Any:
+        """``containerd.services.leases.v1.Leases``."""
+        from wharfd.api.services.leases.v1 import leases_pb2_grpc
+
+        return leases_pb2_grpc.LeasesStub(self._channel)
+
+    @functools.cached_property
+    def events(self) -> Any:
+        """``containerd.services.events.v1.Events``."""
+        from wharfd.api.services.events.v1 import events_pb2_grpc
+
+        return events_pb2_grpc.EventsStub(self._channel)
+
+    @functools.cached_property
+    def images(self) -> Any:
+        """``containerd.services.images.v1.Images``."""
+        from wharfd.api.services.images.v1 import images_pb2_grpc
+
+        return images_pb2_grpc.ImagesStub(self._channel)
+
+    @functools.cached_property
+    def diff(self) -> Any:
+        """``containerd.services.diff.v1.Diff``."""
+        from wharfd.api.services.diff.v1 import diff_pb2_grpc
+
+        return diff_pb2_grpc.DiffStub(self._channel)

@@ -7,6 +7,7 @@ server, the clients) translate them, through :func:`to_status` and
 
     WharfError                      base; also "unknown" (codes.UNKNOWN)
     ├── InvalidArgument             the request is malformed (bad digest, bad name)
+    │   └── OutOfRange              an offset past the end of an object
     ├── NotFound                    the object named does not exist
     ├── AlreadyExists               an object with that name exists
     ├── FailedPrecondition          the object is not in a state that allows the call
@@ -74,6 +75,12 @@ class NotImplemented(WharfError):
     code = grpc.StatusCode.UNIMPLEMENTED
 
 
+class OutOfRange(InvalidArgument):
+    """An offset or size lies outside the object (a read past the end)."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class DeadlineExceeded(WharfError):
     """A time bound ran out before the work finished."""
 
@@ -119,6 +126,7 @@ _BY_CODE: dict[grpc.StatusCode, type[WharfError]] = {
         FailedPrecondition,
         Unavailable,
         NotImplemented,
+        OutOfRange,
         DeadlineExceeded,
         Canceled,
         ResourceExhausted,

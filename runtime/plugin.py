@@ -61,6 +61,9 @@ class Registration:
     # Plugin types (or "type.id" URIs) that must be initialised first.
     requires: tuple[str, ...] = ()
     capabilities: tuple[str, ...] = ()
+    # Whether the plugin is specific to this host's platform (snapshotters, runtimes),
+    # which Introspection reports as the plugin's platforms.
+    host_platform: bool = False
     # Called with the instance at shutdown, in reverse start order.
     close: Callable[[Any], Awaitable[None]] | None = None
 
@@ -78,8 +81,12 @@ class Plugin:
     instance: Any = None
     error: BaseException | None = None
     exports: dict[str, str] = field(default_factory=dict)
-    platforms: tuple[str, ...] = ()
     started: bool = False
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        """The platforms the plugin serves (the host's, for platform-specific plugins)."""
+        return (HOST_PLATFORM,) if self.registration.host_platform else ()
 
     @property
     def status(self) -> str:
@@ -132,10 +139,8 @@ def order(registrations: Sequence[Registration]) -> list[Registration]:
     done: list[Registration] = []
 
     def satisfied(reg: Registration) -> bool:
-        for req in reg.requires:
-            if any(r is not reg and req in (r.type, r.uri) for r in remaining):
-                return False
-        return True
+        # Ready when no other pending registration provides something it requires.
+        return not any(r is not reg and req in (r.type, r.uri) for req in reg.requires for r in remaining)
 
     while remaining:
         ready = [r for r in remaining if satisfied(r)]

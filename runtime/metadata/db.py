@@ -1,7 +1,7 @@
 """The SQLite metadata database: connection discipline and schema migrations.
 
 The database is one file, ``<root>/metadata.db`` (SQLite keeps ``-wal`` and
-``-shm`` beside it). Schema at version 3::
+``-shm`` beside it). Schema at version 5::
 
     schema_version                         one row per applied migration
     ├── version     INTEGER NOT NULL       the migration's number; the schema is at MAX(version)
@@ -44,6 +44,24 @@ The database is one file, ``<root>/metadata.db`` (SQLite keeps ``-wal`` and
     snapshot_ids                           (v3) the last id handed out per snapshotter; ids are never reused
     ├── snapshotter TEXT PRIMARY KEY
     └── last_id     INTEGER NOT NULL
+
+    images                                 (v4) names pointing at a target descriptor
+    ├── namespace   TEXT NOT NULL          ┐ primary key
+    ├── name        TEXT NOT NULL          ┘
+    ├── target_media_type, target_digest (indexed), target_size, target_annotations (JSON)
+    ├── labels      TEXT NOT NULL '{}'     JSON object
+    └── created_at, updated_at             RFC 3339 UTC
+
+    leases                                 (v5) what keeps unreferenced objects from GC for a while
+    ├── namespace   TEXT NOT NULL          ┐ primary key
+    ├── id          TEXT NOT NULL          ┘
+    ├── labels      TEXT NOT NULL '{}'     JSON object (containerd.io/gc.expire = RFC 3339 deadline)
+    └── created_at  TEXT NOT NULL
+
+    lease_resources                        (v5) objects a lease holds
+    ├── namespace, lease_id                → leases, ON DELETE CASCADE
+    ├── type        TEXT NOT NULL          content | ingests | images | snapshots/<snapshotter>
+    └── id          TEXT NOT NULL          digest, ingest ref, image name or snapshot key
 
 Every later table (images, containers, leases, content labels, snapshots) has
 a ``namespace TEXT NOT NULL`` column. Deleting a namespace finds what it still
@@ -187,10 +205,61 @@ def _v3_snapshots(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v4_images(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE images (
+            namespace          TEXT NOT NULL,
+            name               TEXT NOT NULL,
+            target_media_type  TEXT NOT NULL,
+            target_digest      TEXT NOT NULL,
+            target_size        INTEGER NOT NULL,
+            target_annotations TEXT NOT NULL DEFAULT '{}',
+            labels             TEXT NOT NULL DEFAULT '{}',
+            created_at         TEXT NOT NULL,
+            updated_at         TEXT NOT NULL,
+            PRIMARY KEY (namespace, name)
+        )
+        """
+    )
+    # Garbage collection asks "which images use this digest" without a scan.
+    conn.execute("CREATE INDEX images_by_target ON images (target_digest)")
+
+
+def _v5_leases(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        """
+        CREATE TABLE leases (
+            namespace  TEXT NOT NULL,
+            id         TEXT NOT NULL,
+            labels     TEXT NOT NULL DEFAULT '{}',
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (namespace, id)
+        )
+        """
+    )
+    # A resource is named by type ("content", "ingests", "snapshots/<snapshotter>",
+    # "images") and id; deleting the lease deletes its rows.
+    conn.execute(
+        """
+        CREATE TABLE lease_resources (
+            namespace TEXT NOT NULL,
+            lease_id  TEXT NOT NULL,
+            type      TEXT NOT NULL,
+            id        TEXT NOT NULL,
+            PRIMARY KEY (namespace, lease_id, type, id),
+            FOREIGN KEY (namespace, lease_id) REFERENCES leases (namespace, id) ON DELETE CASCADE
+        )
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create namespaces", _v1_namespaces),
     Migration(2, "content blobs and ingests per namespace", _v2_content),
     Migration(3, "snapshots and their id sequences", _v3_snapshots),
+    Migration(4, "images", _v4_images),
+    Migration(5, "leases and their resources", _v5_leases),
 )
 
 

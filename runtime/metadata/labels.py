@@ -31,3 +31,32 @@ def validate_all(labels: Mapping[str, str], *, field: str) -> None:
     """Validate every label of ``labels``; the first offender raises."""
     for key, value in labels.items():
         validate(key, value, field=field)
+
+
+def apply_paths(
+    current: Mapping[str, str], new: Mapping[str, str], paths: list[str], *, field: str
+) -> dict[str, str] | None:
+    """Apply the ``labels`` / ``labels.<key>`` field paths of an Update call.
+
+    Returns the resulting labels, or None when no path touches labels (the
+    caller then handles its other paths). ``labels`` replaces all labels;
+    ``labels.<key>`` sets one key, or removes it when the new value is empty or
+    absent. Empty values are never stored.
+    """
+    touched = False
+    result = dict(current)
+    for path in paths:
+        if path == "labels":
+            validate_all(new, field=field)
+            result = {k: v for k, v in new.items() if v}
+            touched = True
+        elif path.startswith("labels.") and len(path) > len("labels."):
+            key = path[len("labels.") :]
+            value = new.get(key, "")
+            validate(key, value, field=field)
+            if value:
+                result[key] = value
+            else:
+                result.pop(key, None)
+            touched = True
+    return result if touched else None

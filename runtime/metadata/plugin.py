@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from wharfd.runtime import namespaces, plugin
 from wharfd.runtime.metadata import db as dbmod
 from wharfd.runtime.metadata.db import Database
+from wharfd.runtime.metadata.images import ImageStore
+from wharfd.runtime.metadata.leases import LeaseStore
 from wharfd.runtime.metadata.namespaces import NamespaceStore
 
 
@@ -22,6 +24,8 @@ class Metadata:
 
     db: Database
     namespaces: NamespaceStore
+    images: ImageStore
+    leases: LeaseStore
 
 
 async def _init(ctx: plugin.InitContext) -> Metadata:
@@ -30,7 +34,7 @@ async def _init(ctx: plugin.InitContext) -> Metadata:
     store = NamespaceStore(db)
     await store.ensure(namespaces.DEFAULT, namespaces.K8S)
     ctx.exports["path"] = str(db.path)
-    return Metadata(db=db, namespaces=store)
+    return Metadata(db=db, namespaces=store, images=ImageStore(db), leases=LeaseStore(db))
 
 
 async def _close(instance: Metadata) -> None:

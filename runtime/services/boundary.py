@@ -2,12 +2,14 @@
 
 Every containerd-API servicer method is wrapped with :func:`unary` or
 :func:`stream`. The wrapper reads the ``containerd-namespace`` metadata into
-:data:`wharfd.runtime.namespaces.current`, runs the handler, and turns a typed
+:data:`wharfd.runtime.namespaces.current` (and ``containerd-lease`` into
+:data:`wharfd.runtime.metadata.leases.current`), runs the handler, and turns a typed
 error into the matching gRPC status. Handlers never touch status codes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,6 +19,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 
 from wharfd.runtime import errors, namespaces
+from wharfd.runtime.metadata import leases
 
 log = logging.getLogger("wharfd.grpc")
 
@@ -26,11 +29,15 @@ Self = TypeVar("Self")
 T = TypeVar("T")
 
 
-def _namespace_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext[Any, Any], wanted: str) -> str | None:
     for key, value in context.invocation_metadata() or ():
-        if key == namespaces.GRPC_METADATA_KEY:
+        if key == wanted:
             return value if isinstance(value, str) else value.decode()
     return None
+
+
+def _namespace_of(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    return _metadata(context, namespaces.GRPC_METADATA_KEY)
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], method: str, exc: BaseException) -> None:
@@ -56,6 +63,7 @@ def unary(
     @functools.wraps(fn)
     async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
         token = namespaces.current.set(namespace or _namespace_of(context))
+        lease = leases.current.set(_metadata(context, leases.GRPC_METADATA_KEY))
         try:
             return await fn(self, request, context)
         except errors.WharfError as exc:
@@ -63,6 +71,7 @@ def unary(
         except (TimeoutError, OSError) as exc:
             await _abort(context, fn.__qualname__, exc)
         finally:
+            leases.current.reset(lease)
             namespaces.current.reset(token)
         raise AssertionError("unreachable: context.abort raises")
 
@@ -81,6 +90,7 @@ def stream(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
         token = namespaces.current.set(namespace or _namespace_of(context))
+        lease = leases.current.set(_metadata(context, leases.GRPC_METADATA_KEY))
         try:
             async for item in fn(self, request, context):
                 yield item
@@ -89,7 +99,11 @@ def stream(
         except (TimeoutError, OSError) as exc:
             await _abort(context, fn.__qualname__, exc)
         finally:
-            namespaces.current.reset(token)
+            # A client that goes away mid-stream gets the generator finalized in
+            # another context, where these tokens cannot be reset (nor need to be).
+            with contextlib.suppress(ValueError):
+                leases.current.reset(lease)
+                namespaces.current.reset(token)
 
     return wrapper
 

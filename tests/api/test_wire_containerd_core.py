@@ -13,6 +13,8 @@ from types import ModuleType
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 from wharfd.api.services.containers.v1 import containers_pb2
 from wharfd.api.services.content.v1 import content_pb2
 from wharfd.api.services.diff.v1 import diff_pb2
@@ -33,8 +35,6 @@ from wharfd.api.types import (
 from wharfd.api.types import (
     introspection_pb2 as types_introspection_pb2,
 )
-
-from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 
 MODULES = [
     mount_pb2,

@@ -14,6 +14,8 @@ from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 from wharfd.api.events import (
     container_pb2,
     content_pb2,
@@ -28,8 +30,6 @@ from wharfd.api.services.mounts.v1 import mounts_pb2, mounts_pb2_grpc
 from wharfd.api.services.tasks.v1 import tasks_pb2, tasks_pb2_grpc
 from wharfd.api.types import event_pb2, mount_pb2
 from wharfd.api.types.task import task_pb2 as types_task_pb2
-
-from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 
 MODULES = [
     types_task_pb2,

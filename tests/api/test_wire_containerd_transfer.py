@@ -12,6 +12,8 @@ from types import ModuleType
 from google.protobuf import any_pb2
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 from google.protobuf.message import Message
+
+from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 from wharfd.api.services.sandbox.v1 import sandbox_pb2, sandbox_pb2_grpc
 from wharfd.api.services.streaming.v1 import streaming_pb2, streaming_pb2_grpc
 from wharfd.api.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
@@ -26,8 +28,6 @@ from wharfd.api.types.transfer import (
 from wharfd.api.types.transfer import (
     streaming_pb2 as types_streaming_pb2,
 )
-
-from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 
 MODULES = [
     container_pb2,

@@ -13,9 +13,9 @@ import struct
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message import Message
-from wharfd.api.cri.v1 import api_pb2, api_pb2_grpc
 
 from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
+from wharfd.api.cri.v1 import api_pb2, api_pb2_grpc
 
 PKG = "runtime.v1."
 

@@ -16,6 +16,8 @@ import pytest
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool
 from google.protobuf.message import Message
 
+from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
+
 # Importing the generated modules puts their descriptors in the default pool.
 from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
 from wharfd.api.runtime.task.v2 import shim_pb2 as shim_v2
@@ -25,8 +27,6 @@ from wharfd.api.ttrpc import request_pb2
 from wharfd.api.types.cgroups.v1 import metrics_pb2 as cg1
 from wharfd.api.types.cgroups.v2 import metrics_pb2 as cg2
 from wharfd.api.types.runc.options import oci_pb2
-
-from tests.api.wire import EnumRow, FieldRow, MethodRow, check_enums, check_fields, check_methods
 
 # The task tables are those of containerd.task.v2; upstream v3 differs only in its package.
 _TASK_FIELDS: list[FieldRow] = [

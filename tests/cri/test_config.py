@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from wharfd.cri import config
 from wharfd.cri.config import CRI, ConfigError
 from wharfd.runtime.plugin import HOST_PLATFORM

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+
 from wharfd.runtime import errors
 from wharfd.runtime.metadata import db as metadata_db
 from wharfd.runtime.metadata.db import MIGRATIONS, Database, Migration, SchemaTooNew

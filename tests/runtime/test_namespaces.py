@@ -13,6 +13,7 @@ import grpc
 import pytest
 from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
+
 from wharfd.api.events import namespace_pb2 as events_pb2
 from wharfd.api.services.namespaces.v1 import namespace_pb2 as pb
 from wharfd.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
@@ -164,19 +165,19 @@ def test_delete(tmp_path: Path) -> None:
 def test_delete_refuses_while_tables_hold_rows(tmp_path: Path) -> None:
     async def check(store: NamespaceStore, db: Database) -> None:
         await store.ensure("busy", "other")
-        await add_table(db, "images", "busy", "other")
-        await add_table(db, "leases", "other")
-        await add_table(db, "containers", "busy")
+        await add_table(db, "widgets", "busy", "other")
+        await add_table(db, "gizmos", "other")
+        await add_table(db, "doodads", "busy")
         await db.write(lambda c: c.execute("CREATE TABLE unrelated (name TEXT)"))
         with pytest.raises(errors.FailedPrecondition) as info:
             await store.delete("busy")
         assert str(info.value) == (
-            'namespace "busy" must be empty, but it still has images, containers: failed precondition'
+            'namespace "busy" must be empty, but it still has widgets, doodads: failed precondition'
         )
         assert await store.get("busy") == Namespace("busy", {})
 
-        await db.write(lambda c: c.execute("DELETE FROM images WHERE namespace = 'busy'"))
-        await db.write(lambda c: c.execute("DELETE FROM containers"))
+        await db.write(lambda c: c.execute("DELETE FROM widgets WHERE namespace = 'busy'"))
+        await db.write(lambda c: c.execute("DELETE FROM doodads"))
         await store.delete("busy")
         assert [ns.name for ns in await store.list()] == ["other"]
 
@@ -329,17 +330,17 @@ def test_grpc_error_codes_and_messages(tmp_path: Path) -> None:
             )
             assert message == 'namespace "missing": not found'
 
-            await add_table(db, "images", "dup")
+            await add_table(db, "widgets", "dup")
             message = await expect_status(
                 stub.Delete(pb.DeleteNamespaceRequest(name="dup")), grpc.StatusCode.FAILED_PRECONDITION
             )
-            assert message == 'namespace "dup" must be empty, but it still has images: failed precondition'
+            assert message == 'namespace "dup" must be empty, but it still has widgets: failed precondition'
             # Only the one successful change was published; failures publish nothing.
             assert [topic for topic, _ns, _event in published] == ["/namespaces/create"]
             # The client side maps the status back to the typed error, minus errdefs' suffix.
             rebuilt = errors.from_status(grpc.StatusCode.FAILED_PRECONDITION, message)
             assert isinstance(rebuilt, errors.FailedPrecondition)
-            assert str(rebuilt) == 'namespace "dup" must be empty, but it still has images'
+            assert str(rebuilt) == 'namespace "dup" must be empty, but it still has widgets'
 
     asyncio.run(main())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+
 from wharfd.runtime.ctr import tabwriter
 from wharfd.runtime.ctr.tabwriter import Writer
 

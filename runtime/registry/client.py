@@ -1,0 +1,202 @@
+"""Resolve references and fetch content over the distribution (OCI) HTTP API.
+
+The resolver, its fetchers and its pushers (:mod:`~wharfd.runtime.registry.push`)
+share one :class:`~wharfd.runtime.registry.transport.Transport`::
+
+    async with Transport(HostsConfig(config_path), credentials) as transport:
+        resolver = Resolver(transport)
+        name, desc = await resolver.resolve("docker.io/library/busybox:latest")
+        fetcher = resolver.fetcher(name)
+        index = await fetcher.read(desc)                  # small objects: bounded, digest-verified
+        await fetcher.fetch_to(layer, writer, offset=n)   # blobs: streamed into the caller's writer
+        await resolver.pusher(name).push_blob(layer, opener, mount_from=["library/base"])
+
+Nothing here touches the disk: the pull pipeline pairs a fetcher with a
+content-store ingest (which verifies blob digests) and resumes from the
+ingest's offset. Fetch streams check the size and raise ``DeadlineExceeded``
+when no byte arrives for ``progress_timeout`` seconds, and ``Unavailable`` when
+the connection drops (resume from the bytes already written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Protocol
+
+import aiohttp
+
+from wharfd.runtime import errors
+from wharfd.runtime.images import mediatypes
+from wharfd.runtime.images.manifest import MAX_MANIFEST_SIZE, Descriptor, verify
+from wharfd.runtime.images.reference import Reference
+from wharfd.runtime.registry.hosts import Capability
+from wharfd.runtime.registry.push import Pusher
+from wharfd.runtime.registry.repository import Failures, Repository, as_ref, is_manifest_type
+from wharfd.runtime.registry.transport import CHUNK_SIZE, Transport, error_for
+
+
+class BlobWriter(Protocol):
+    """Where fetched bytes go (a content-store ingest); it is told nothing but the bytes, in order."""
+
+    async def write(self, data: bytes, /) -> object:
+        """Append ``data``."""
+        ...
+
+
+class Resolver:
+    """Turns references into descriptors, and hands out fetchers and pushers."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def fetcher(self, ref: str | Reference) -> Fetcher:
+        """A fetcher for the repository of ``ref``."""
+        return Fetcher(self.transport, as_ref(ref))
+
+    def pusher(self, ref: str | Reference) -> Pusher:
+        """A pusher for the repository of ``ref``."""
+        return Pusher(self.transport, as_ref(ref))
+
+    async def resolve(self, ref: str | Reference) -> tuple[str, Descriptor]:
+        """Return the normalized name and the descriptor of the manifest or index ``ref`` names."""
+        ref = as_ref(ref)
+        if not ref.object:
+            raise errors.InvalidArgument(f'reference "{ref}": needs a tag or a digest to resolve')
+        if ref.digest:
+            paths, capability = [("manifests", ref.digest), ("blobs", ref.digest)], Capability.PULL
+        else:
+            paths, capability = [("manifests", ref.tag)], Capability.PULL | Capability.RESOLVE
+        repo = Repository(self.transport, ref)
+        hosts = await self.transport.hosts(ref.domain, capability)
+        if not hosts:
+            raise errors.NotFound(f'manifest "{ref}": no host of {ref.domain} may resolve it')
+        failures = Failures()
+        for kind, obj in paths:
+            for host in hosts:
+                try:
+                    desc = await repo.describe(host, kind, obj, trust_digest=not ref.digest)
+                except errors.WharfError as exc:
+                    failures.note(exc)
+                    continue
+                if desc.media_type in mediatypes.SCHEMA1_TYPES:
+                    raise errors.NotImplemented(
+                        f'manifest "{ref}": Docker schema 1 images are not supported; rebuild it as '
+                        f"{mediatypes.DOCKER_MANIFEST} or {mediatypes.OCI_MANIFEST}"
+                    )
+                return str(ref), desc
+        raise failures.best or errors.NotFound(f'manifest "{ref}": not found')
+
+
+class Fetcher(Repository):
+    """Reads manifests and blobs of one repository."""
+
+    async def read(self, desc: Descriptor, *, limit: int = MAX_MANIFEST_SIZE) -> bytes:
+        """The whole of a small object (manifest, index, config), size-bounded and digest-verified."""
+        if desc.size > limit:
+            raise errors.ResourceExhausted(f"{desc.digest} is {desc.size} bytes; the limit is {limit}")
+        parts = [chunk async for chunk in self.fetch(desc)]
+        data = b"".join(parts)
+        verify(desc, data)
+        return data
+
+    async def fetch_to(
+        self, desc: Descriptor, writer: BlobWriter, *, offset: int = 0, retries: int = 0
+    ) -> int:
+        """Write ``desc``'s bytes from ``offset`` into ``writer``; resume up to ``retries`` times.
+
+        Returns the number of bytes written. A dropped or stalled connection is
+        retried from where it stopped; the last failure is raised as is.
+        """
+        written = 0
+        for attempt in range(retries + 1):
+            try:
+                async with aclosing(self.fetch(desc, offset=offset + written)) as chunks:
+                    async for chunk in chunks:
+                        await writer.write(chunk)
+                        written += len(chunk)
+                return written
+            except (errors.Unavailable, errors.DeadlineExceeded):
+                if attempt == retries:
+                    raise
+        return written
+
+    async def fetch(self, desc: Descriptor, *, offset: int = 0) -> AsyncGenerator[bytes, None]:
+        """Stream ``desc``'s bytes from ``offset`` (close the iterator if you stop early)."""
+        if not 0 <= offset <= desc.size:
+            raise errors.InvalidArgument(f"{desc.digest}: offset {offset} is outside 0..{desc.size}")
+        if offset == desc.size:
+            return
+        resp = await self._open(desc, offset)
+        async with resp:
+            # A server that ignored Range sends everything: skip what we already have.
+            skip = offset if resp.status == 200 else 0
+            position = offset
+            chunks = resp.content.iter_chunked(CHUNK_SIZE).__aiter__()
+            while (chunk := await self._next(chunks, desc, position)) is not None:
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                position += len(chunk)
+                if position > desc.size:
+                    raise errors.DataLoss(f"{self._what(desc)}: server sent more than {desc.size} bytes")
+                if chunk:
+                    yield chunk
+        if position != desc.size:
+            raise errors.Unavailable(
+                f"{self._what(desc)}: stream ended at byte {position} of {desc.size}; resume from {position}"
+            )
+
+    def _what(self, desc: Descriptor) -> str:
+        kind = "manifest" if is_manifest_type(desc.media_type) else "blob"
+        return f"{kind} {desc.digest} of {self.ref.name}"
+
+    async def _next(self, chunks: AsyncIterator[bytes], desc: Descriptor, position: int) -> bytes | None:
+        timeout = self.transport.progress_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                return await anext(chunks)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError as exc:
+            raise errors.DeadlineExceeded(
+                f"{self._what(desc)}: no data for {timeout:g}s at byte {position} of {desc.size}"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise errors.Unavailable(
+                f"{self._what(desc)}: connection lost at byte {position} of {desc.size} ({exc}); "
+                f"resume from {position}"
+            ) from exc
+
+    async def _open(self, desc: Descriptor, offset: int) -> aiohttp.ClientResponse:
+        what = self._what(desc)
+        kinds = ["manifests", "blobs"] if is_manifest_type(desc.media_type) else ["blobs"]
+        headers = {"Accept": f"{desc.media_type}, */*" if desc.media_type else "*/*"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        hosts = await self.transport.hosts(self.ref.domain, Capability.PULL)
+        failures = Failures()
+        for kind in kinds:
+            for host in hosts:
+                try:
+                    resp = await self.transport.request(
+                        host,
+                        "GET",
+                        self.url(host, kind, desc.digest),
+                        what=what,
+                        scopes=self.pull_scopes,
+                        headers=headers,
+                    )
+                except errors.WharfError as exc:
+                    failures.note(exc)
+                    continue
+                content_range = resp.headers.get("Content-Range", "")
+                if resp.status == 206 and not content_range.startswith(f"bytes {offset}-"):
+                    resp.release()
+                    failures.note(errors.Unavailable(f"{what}: server answered a different range"))
+                elif resp.status in (200, 206):
+                    return resp
+                else:
+                    failures.note(await error_for(resp, what))
+        raise failures.best or errors.NotFound(f"{what}: no host of {self.ref.domain} may serve it")
