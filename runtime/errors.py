@@ -26,37 +26,41 @@ Messages name the object and the field, e.g. ``namespace "k8s.io": not empty``.
 
 from __future__ import annotations
 
-import grpc
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:  # grpc costs ~80 ms to import; the shim must not pay it
+    import grpc
 
 
 class WharfError(Exception):
     """Base of all wharfd errors; as a status it is ``UNKNOWN``."""
 
-    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    # The status code number (google.rpc.Code, the same numbers as grpc.StatusCode).
+    code: ClassVar[int] = 2  # UNKNOWN
 
 
 class InvalidArgument(WharfError):
     """The request itself is wrong: a malformed name, digest, option or field."""
 
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    code = 3  # INVALID_ARGUMENT
 
 
 class NotFound(WharfError):
     """The object named in the request does not exist."""
 
-    code = grpc.StatusCode.NOT_FOUND
+    code = 5  # NOT_FOUND
 
 
 class AlreadyExists(WharfError):
     """An object with the requested name or id already exists."""
 
-    code = grpc.StatusCode.ALREADY_EXISTS
+    code = 6  # ALREADY_EXISTS
 
 
 class FailedPrecondition(WharfError):
     """The object exists but its state forbids the call (e.g. deleting a non-empty namespace)."""
 
-    code = grpc.StatusCode.FAILED_PRECONDITION
+    code = 9  # FAILED_PRECONDITION
 
 
 class Conflict(FailedPrecondition):
@@ -66,58 +70,58 @@ class Conflict(FailedPrecondition):
 class Unavailable(WharfError):
     """Something the call depends on cannot be reached now; retrying later may work."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    code = 14  # UNAVAILABLE
 
 
 class NotImplemented(WharfError):
     """The call, or an option of it, is not supported by this daemon."""
 
-    code = grpc.StatusCode.UNIMPLEMENTED
+    code = 12  # UNIMPLEMENTED
 
 
 class OutOfRange(InvalidArgument):
     """An offset or size lies outside the object (a read past the end)."""
 
-    code = grpc.StatusCode.OUT_OF_RANGE
+    code = 11  # OUT_OF_RANGE
 
 
 class DeadlineExceeded(WharfError):
     """A time bound ran out before the work finished."""
 
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    code = 4  # DEADLINE_EXCEEDED
 
 
 class Canceled(WharfError):
     """The caller cancelled the call."""
 
-    code = grpc.StatusCode.CANCELLED
+    code = 1  # CANCELLED
 
 
 class ResourceExhausted(WharfError):
     """A size or count limit was hit (message too large, too many in flight)."""
 
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    code = 8  # RESOURCE_EXHAUSTED
 
 
 class PermissionDenied(WharfError):
     """The caller is not allowed to do this."""
 
-    code = grpc.StatusCode.PERMISSION_DENIED
+    code = 7  # PERMISSION_DENIED
 
 
 class Aborted(WharfError):
     """The operation was aborted part-way; retrying may succeed."""
 
-    code = grpc.StatusCode.ABORTED
+    code = 10  # ABORTED
 
 
 class DataLoss(WharfError):
     """Stored data is corrupt or truncated."""
 
-    code = grpc.StatusCode.DATA_LOSS
+    code = 15  # DATA_LOSS
 
 
-_BY_CODE: dict[grpc.StatusCode, type[WharfError]] = {
+_BY_CODE: dict[int, type[WharfError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
@@ -139,30 +143,47 @@ _BY_CODE: dict[grpc.StatusCode, type[WharfError]] = {
 # Suffixes containerd's errdefs append to messages; a stock client parses the
 # code, but humans read the text, so we strip them when mapping back.
 _ERRDEFS_SUFFIX = {
-    grpc.StatusCode.NOT_FOUND: ": not found",
-    grpc.StatusCode.ALREADY_EXISTS: ": already exists",
-    grpc.StatusCode.FAILED_PRECONDITION: ": failed precondition",
-    grpc.StatusCode.INVALID_ARGUMENT: ": invalid argument",
+    NotFound.code: ": not found",
+    AlreadyExists.code: ": already exists",
+    FailedPrecondition.code: ": failed precondition",
+    InvalidArgument.code: ": invalid argument",
 }
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
-    """Map any exception to the (code, message) a server should answer with."""
+def to_code(exc: BaseException) -> tuple[int, str]:
+    """Map any exception to the (status number, message) a server should answer with."""
     if isinstance(exc, WharfError):
         return exc.code, str(exc) or exc.__class__.__name__
     if isinstance(exc, TimeoutError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "deadline exceeded"
+        return DeadlineExceeded.code, str(exc) or "deadline exceeded"
     if isinstance(exc, PermissionError):
-        return grpc.StatusCode.PERMISSION_DENIED, str(exc)
+        return PermissionDenied.code, str(exc)
     if isinstance(exc, FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
-    return grpc.StatusCode.UNKNOWN, f"{exc.__class__.__name__}: {exc}"
+        return NotFound.code, str(exc)
+    return WharfError.code, f"{exc.__class__.__name__}: {exc}"
 
 
-def from_status(code: grpc.StatusCode, message: str) -> WharfError:
+def grpc_code(number: int) -> grpc.StatusCode:
+    """The grpc.StatusCode with that number (UNKNOWN for numbers it does not know)."""
+    import grpc
+
+    for code in grpc.StatusCode:
+        if code.value[0] == number:
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map any exception to the (grpc code, message) a gRPC server should answer with."""
+    number, message = to_code(exc)
+    return grpc_code(number), message
+
+
+def from_status(code: int | grpc.StatusCode, message: str) -> WharfError:
     """Rebuild the typed error a server raised from its status (client side)."""
-    cls = _BY_CODE.get(code, WharfError)
-    suffix = _ERRDEFS_SUFFIX.get(code)
+    number = code if isinstance(code, int) else code.value[0]
+    cls = _BY_CODE.get(number, WharfError)
+    suffix = _ERRDEFS_SUFFIX.get(number)
     if suffix and message.endswith(suffix):
         message = message[: -len(suffix)]
     return cls(message)
@@ -170,6 +191,6 @@ def from_status(code: grpc.StatusCode, message: str) -> WharfError:
 
 def from_rpc_error(exc: grpc.RpcError) -> WharfError:
     """Translate a grpc client exception into the matching typed error."""
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    code = exc.code() if hasattr(exc, "code") else 2
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return from_status(code, details or "")
