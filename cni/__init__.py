@@ -1,1 +1,1 @@
-"""Pod networking through CNI plugins."""
+"""Pod networking through CNI plugins: config loading, plugin execution, result cache, netns."""
