@@ -1,0 +1,246 @@
+"""Start time and memory per pod: containerd-shim-wharf-v2 beside the stock containerd-shim-runc-v2.
+
+    .venv/bin/python bench/shim.py [--pods 30]
+
+Needs root, runc and /bin/busybox. For each shim binary, in the same run, it
+launches ``--pods`` pods as a daemon would (``start`` in the bundle; the stock
+1.6 shim gets the legacy protocol, ours the bootstrap one), creates and starts
+one busybox ``sleep`` container in each over ttrpc, then reads every shim's
+``/proc/<pid>/smaps_rollup``. PSS charges shared pages to each sharer, so the
+shims' sum of PSS is what they cost together; our zygote (the process the
+shims are forked from) is reported on its own and as a share per pod.
+Everything started is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from google.protobuf import any_pb2, empty_pb2
+
+from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
+from wharfd.api.runtime.task.v3 import shim_pb2 as api
+from wharfd.api.types import mount_pb2
+from wharfd.api.types.runc.options import oci_pb2
+from wharfd.runtime.ttrpc.client import TtrpcClient
+from wharfd.runtime.ttrpc.server import TtrpcServer
+
+OURS = Path(sys.executable).parent / "containerd-shim-wharf-v2"
+STOCK = shutil.which("containerd-shim-runc-v2") or "/usr/bin/containerd-shim-runc-v2"
+NAMESPACE = "wharfd-bench"
+MD = {"containerd-namespace-ttrpc": NAMESPACE}
+
+
+def memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) in KiB from smaps_rollup."""
+    values = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("Rss", "Pss"):
+            values[key] = int(rest.split()[0])
+    return values["Rss"], values["Pss"]
+
+
+class Bench:
+    def __init__(self, root: Path, pods: int) -> None:
+        self.root, self.pods = root, pods
+        self.rootfs = root / "busybox"
+        self.spec = self._spec()
+        self.log_fds: list[int] = []
+        self.addresses: list[str] = []
+
+    def _spec(self) -> dict[str, object]:
+        (self.rootfs / "bin").mkdir(parents=True)
+        shutil.copy2("/bin/busybox", self.rootfs / "bin" / "busybox")
+        (self.rootfs / "bin" / "sleep").symlink_to("busybox")
+        for name in ("proc", "dev", "sys", "tmp"):
+            (self.rootfs / name).mkdir()
+        subprocess.run(["runc", "spec", "--bundle", str(self.root)], check=True)
+        spec: dict[str, object] = json.loads((self.root / "config.json").read_text())
+        return spec
+
+    def bundle(self, kind: str, index: int) -> tuple[str, Path]:
+        cid = f"{kind}-{index}"
+        bundle = self.root / cid
+        (bundle / "rootfs").mkdir(parents=True)
+        spec = json.loads(json.dumps(self.spec))
+        spec["process"].update(args=["sleep", "100000"], terminal=False)
+        spec["root"] = {"path": "rootfs", "readonly": False}
+        spec["linux"]["cgroupsPath"] = f"/wharfd-bench-{self.root.name}/{cid}"
+        (bundle / "config.json").write_text(json.dumps(spec))
+        # As containerd does: a "log" FIFO the shim writes to, held open by the daemon
+        # (the stock shim exits at once without it).
+        os.mkfifo(bundle / "log")
+        self.log_fds.append(os.open(bundle / "log", os.O_RDWR | os.O_NONBLOCK))
+        return cid, bundle
+
+    def options(self, kind: str) -> any_pb2.Any:
+        opts = oci_pb2.Options(root=str(self.root / f"runc-{kind}"))
+        return any_pb2.Any(type_url="containerd.runc.v1.Options", value=opts.SerializeToString())
+
+    async def start(self, kind: str, cid: str, bundle: Path) -> tuple[str, float]:
+        binary = OURS if kind == "wharf" else Path(STOCK)
+        stdin = b""
+        if kind == "wharf":
+            params = bootstrap_pb2.BootstrapParams(
+                instance_id=cid, namespace=NAMESPACE, socket_dir=str(self.root / "s")
+            )
+            params.extensions.add().value.CopyFrom(self.options(kind))
+            stdin = params.SerializeToString()
+        env = {**os.environ, "TTRPC_ADDRESS": str(self.root / "d.ttrpc")}
+        argv = [str(binary), "-namespace", NAMESPACE, "-address", str(self.root / "d.sock"),
+                "-publish-binary", "/bin/true", "-id", cid, "start"]  # fmt: skip
+        began = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=bundle, env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate(stdin)
+        elapsed = time.perf_counter() - began
+        if proc.returncode != 0:
+            raise RuntimeError(f"{binary} start: {err.decode()}")
+        address = (
+            bootstrap_pb2.BootstrapResult.FromString(out).address if kind == "wharf" else out.decode().strip()
+        )
+        self.addresses.append(address)
+        return address, elapsed
+
+    async def pod(self, kind: str, index: int) -> tuple[TtrpcClient, str, int, float]:
+        cid, bundle = self.bundle(kind, index)
+        address, elapsed = await self.start(kind, cid, bundle)
+        client = await TtrpcClient.connect(address, timeout=10)
+        service = "containerd.task.v3.Task" if kind == "wharf" else "containerd.task.v2.Task"
+        rootfs = mount_pb2.Mount(type="bind", source=str(self.rootfs), options=["rbind", "ro"])
+        create = api.CreateTaskRequest(
+            id=cid, bundle=str(bundle), rootfs=[rootfs], options=self.options(kind)
+        )
+        await client.call(service, "Create", create, api.CreateTaskResponse, timeout=30, metadata=MD)
+        await client.call(
+            service, "Start", api.StartRequest(id=cid), api.StartResponse, timeout=30, metadata=MD
+        )
+        connected = await client.call(
+            service, "Connect", api.ConnectRequest(id=cid), api.ConnectResponse, timeout=10, metadata=MD
+        )
+        return client, cid, connected.shim_pid, elapsed
+
+    async def measure(self, kind: str) -> dict[str, float]:
+        pods = []
+        try:
+            for index in range(self.pods):
+                pods.append(await self.pod(kind, index))
+            await asyncio.sleep(1.0)
+            usage = [memory(pid) for _, _, pid, _ in pods]
+            starts = [elapsed for *_, elapsed in pods]
+            result = {
+                "first start ms": starts[0] * 1000,
+                "median start ms": statistics.median(starts[1:] or starts) * 1000,
+                "RSS MiB/shim": statistics.mean(r for r, _ in usage) / 1024,
+                "PSS MiB/shim": statistics.mean(p for _, p in usage) / 1024,
+            }
+            zygote = zygote_pid(self.root / "s") if kind == "wharf" else 0
+            if zygote:
+                rss, pss = memory(zygote)
+                result["zygote RSS MiB"], result["zygote PSS MiB"] = rss / 1024, pss / 1024
+                result["PSS MiB/pod incl. zygote share"] = result["PSS MiB/shim"] + pss / 1024 / self.pods
+            return result
+        finally:
+            await self.teardown(kind, pods)
+
+    async def teardown(self, kind: str, pods: list[tuple[TtrpcClient, str, int, float]]) -> None:
+        service = "containerd.task.v3.Task" if kind == "wharf" else "containerd.task.v2.Task"
+        for client, cid, pid, _ in pods:
+            with contextlib.suppress(Exception):
+                await client.call(
+                    service, "Kill", api.KillRequest(id=cid, signal=9), empty_pb2.Empty, metadata=MD
+                )
+                await client.call(
+                    service, "Wait", api.WaitRequest(id=cid), api.WaitResponse, timeout=10, metadata=MD
+                )
+                await client.call(
+                    service, "Delete", api.DeleteRequest(id=cid), api.DeleteResponse, metadata=MD
+                )
+                await client.call(
+                    service, "Shutdown", api.ShutdownRequest(id=cid), empty_pb2.Empty, metadata=MD
+                )
+            with contextlib.suppress(Exception):
+                await client.close()
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def zygote_pid(socket_dir: Path) -> int:
+    for path in socket_dir.glob("wharf-zygote-*.sock"):
+        with socket.socket(socket.AF_UNIX) as sock, contextlib.suppress(OSError):
+            sock.connect(str(path))
+            return int(struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+    return 0
+
+
+def cleanup(root: Path) -> None:
+    zygote = zygote_pid(root / "s")
+    if zygote:
+        os.kill(zygote, signal.SIGKILL)
+    for runc_root in root.glob("runc-*"):
+        for state in runc_root.iterdir():
+            subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", state.name], check=False)
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f if line.split()[4].startswith(str(root))]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        top = hierarchy / f"wharfd-bench-{root.name}"
+        if top.is_dir():
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda entry: -len(entry[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pods", type=int, default=30)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+    events = TtrpcServer()
+    events.register("containerd.services.events.ttrpc.v1.Events", "Forward", _forward)
+    await events.listen(root / "d.ttrpc")
+    bench = Bench(root, args.pods)
+    results = {}
+    try:
+        results["containerd-shim-runc-v2 (stock)"] = await bench.measure("stock")
+        results["containerd-shim-wharf-v2"] = await bench.measure("wharf")
+    finally:
+        await events.close()
+        for fd in bench.log_fds:
+            os.close(fd)
+        for address in bench.addresses:
+            with contextlib.suppress(OSError):
+                os.unlink(address.removeprefix("unix://"))
+        await asyncio.to_thread(cleanup, root)
+    print(f"{args.pods} pods, one busybox sleep container each")
+    for name, figures in results.items():
+        print(f"\n{name}")
+        for key, value in figures.items():
+            print(f"  {key:<32} {value:8.2f}")
+
+
+async def _forward(payload: bytes, metadata: dict[str, list[str]]) -> bytes:
+    return b""
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

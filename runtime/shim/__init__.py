@@ -1,0 +1,19 @@
+"""``containerd-shim-wharf-v2``: the runc shim of wharfd (runtime type ``io.containerd.wharf.v2``).
+
+It speaks containerd's runtime v2 protocol, so containerd and wharfd can both
+drive it: ``start``/``delete`` on the command line (:mod:`.main`, :mod:`.launch`),
+the Task API over ttrpc (:mod:`.service`), task events back to the daemon
+(:mod:`.events`). Its parts::
+
+    main ─► launch ──(unix control socket)──► zygote ──fork──► server (one per pod)
+                                                                 ├─ ttrpc      Task API v2 + v3
+                                                                 ├─ service    handlers, exit ordering, events
+                                                                 ├─ container  runc create/start/exec/…, rootfs
+                                                                 ├─ process    lifecycle state objects
+                                                                 ├─ stdio/pump FIFOs, files, loggers, ptys
+                                                                 ├─ reaper     the one waitpid(-1), posix_spawn
+                                                                 └─ cgroups    metrics, OOM events
+
+Shims are forked from a zygote that already imported this package, so pods
+share its pages; nothing here imports grpc.
+"""

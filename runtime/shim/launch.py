@@ -1,0 +1,327 @@
+"""The ``start`` and ``delete`` actions of the shim binary (runtime v2 launch protocol).
+
+``start`` (cwd = bundle) reads the daemon's BootstrapParams from stdin (or,
+from older daemons, the raw runtime options or nothing), picks the group the
+container belongs to (``io.containerd.runc.v2.group`` or
+``io.kubernetes.cri.sandbox-id`` annotation, else its own id), derives the
+group's socket like containerd does::
+
+    <socket_dir or /run/wharfd/s>/<hex sha256("<grpc address>/<namespace>/<group>")>
+
+and answers with that socket once a shim serves it: an existing one (pod
+grouping) or a new one forked by the zygote, which is started first if it is
+not running. Daemons that sent BootstrapParams get a BootstrapResult
+(version 3, ttrpc); legacy daemons get the bare ``unix://`` address.
+
+``delete`` cleans up after a shim that is gone: ``runc delete --force``,
+unmount the rootfs, and print a DeleteResponse (status 137, now).
+"""
+
+from __future__ import annotations
+
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import sys
+import time
+
+from wharfd.runtime.shim import errors, wire
+
+# Imports stay light (no protobuf, no dataclasses): this process runs for every container.
+DEFAULT_SOCKET_DIR = "/run/wharfd/s"
+GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
+MAX_SOCKET_PATH = 106
+TASK_API_VERSION = 3
+ZYGOTE_START_TIMEOUT = 10.0
+OPTIONS_TYPE = "containerd.runc.v1.Options"
+
+
+class Flags:
+    """The shim binary's flags, as containerd passes them."""
+
+    def __init__(self, *, namespace: str = "", address: str = "", id: str = "", bundle: str = "") -> None:
+        """Unset flags are empty, as Go's flag package leaves them."""
+        self.namespace, self.address, self.id, self.bundle = namespace, address, id, bundle
+        self.publish_binary = self.socket = ""
+        self.debug = False
+
+
+class Bootstrap:
+    """What ``start`` learned from stdin: BootstrapParams fields, or legacy options."""
+
+    def __init__(self, *, sent: bool = False, ttrpc_address: str = "", socket_dir: str | None = None) -> None:
+        """``sent``: the daemon spoke the bootstrap protocol (and gets a BootstrapResult)."""
+        self.sent = sent
+        self.ttrpc_address = ttrpc_address
+        self.socket_dir = socket_dir
+        self.options = b""  # serialized containerd.runc.v1.Options
+
+
+def read_bootstrap(data: bytes, flags: Flags) -> Bootstrap:
+    """Decode stdin: BootstrapParams (checked against the flags), legacy options, or nothing."""
+    if not data:
+        return Bootstrap()
+    params = _params(data)
+    if params is not None and params.instance_id == flags.id:
+        if params.namespace != flags.namespace:
+            raise errors.InvalidArgument(
+                f"bootstrap namespace {params.namespace!r} does not match -namespace {flags.namespace!r}"
+            )
+        boot = Bootstrap(sent=True, ttrpc_address=params.ttrpc_address, socket_dir=params.socket_dir)
+        for extension in params.extensions:
+            type_url, value = _any(extension)
+            if _is_options(type_url):
+                boot.options = value
+        return boot
+    # Before the bootstrap protocol, daemons sent the runtime options Any (or nothing).
+    type_url, value = _any(data)
+    if _is_options(type_url):
+        boot = Bootstrap()
+        boot.options = value
+        return boot
+    if params is not None and params.namespace == flags.namespace:
+        raise errors.InvalidArgument(
+            f"bootstrap instance_id {params.instance_id!r} does not match -id {flags.id!r}"
+        )
+    kind = f"options of type {type_url!r}" if type_url else "unreadable data"
+    raise errors.InvalidArgument(f"start: stdin holds {kind}, want BootstrapParams or {OPTIONS_TYPE}")
+
+
+class _Params:
+    """The BootstrapParams fields ``start`` uses."""
+
+    def __init__(self) -> None:
+        self.instance_id = self.namespace = self.ttrpc_address = ""
+        self.socket_dir: str | None = None  # proto3 optional: unset differs from ""
+        self.extensions: list[bytes] = []  # each Extension's Any
+
+
+def _params(data: bytes) -> _Params | None:
+    """BootstrapParams (containerd.runtime.bootstrap.v1); None if ``data`` is not one."""
+    params = _Params()
+    try:
+        for number, _kind, value in wire.fields(data):
+            if number == 1:
+                params.instance_id = wire.text(value)
+            elif number == 2:
+                params.namespace = wire.text(value)
+            elif number == 5:
+                params.ttrpc_address = wire.text(value)
+            elif number == 9:
+                params.socket_dir = wire.text(value)
+            elif number == 8 and isinstance(value, bytes):
+                params.extensions += [v for n, _k, v in wire.fields(value) if n == 1 and isinstance(v, bytes)]
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return params
+
+
+def _any(data: bytes) -> tuple[str, bytes]:
+    """(type_url, value) of a google.protobuf.Any; ("", b"") if it is not one."""
+    type_url, value = "", b""
+    try:
+        for number, _kind, field in wire.fields(data):
+            if number == 1:
+                type_url = wire.text(field)
+            elif number == 2 and isinstance(field, bytes):
+                value = field
+    except (ValueError, UnicodeDecodeError):
+        return "", b""
+    return type_url, value
+
+
+def _is_options(type_url: str) -> bool:
+    return type_url == OPTIONS_TYPE or type_url.endswith("/" + OPTIONS_TYPE)
+
+
+def group_id(bundle: str, container_id: str) -> str:
+    """The group a container's shim serves: its sandbox (annotation), else itself."""
+    try:
+        with open(os.path.join(bundle, "config.json"), encoding="utf-8") as f:
+            annotations = json.load(f).get("annotations") or {}
+    except FileNotFoundError:
+        annotations = {}
+    except ValueError as exc:
+        raise errors.InvalidArgument(f"start: {bundle}/config.json: {exc}") from exc
+    for key in GROUP_ANNOTATIONS:
+        if annotations.get(key):
+            return str(annotations[key])
+    return container_id
+
+
+def socket_path(socket_dir: str, grpc_address: str, namespace: str, group: str) -> str:
+    """The group's socket path: the hex sha256 of containerd's ``filepath.Join(address, ns, id)``."""
+    joined = os.path.normpath("/".join(p for p in (grpc_address, namespace, group) if p))
+    if joined.startswith("//"):  # Go's Clean collapses a leading "//"; POSIX normpath keeps it
+        joined = "/" + joined.lstrip("/")
+    path = os.path.join(socket_dir, hashlib.sha256(joined.encode()).hexdigest())
+    if len(path) > MAX_SOCKET_PATH:
+        raise errors.InvalidArgument(
+            f"shim socket path {path!r} is {len(path)} bytes; unix sockets allow {MAX_SOCKET_PATH}: "
+            "use a shorter socket_dir"
+        )
+    return path
+
+
+def control_path(socket_dir: str) -> str:
+    """The zygote's control socket for this interpreter and this version of the shim code."""
+    package_dir = os.path.dirname(os.path.abspath(__file__))
+    stamp = max((e.stat().st_mtime_ns for e in os.scandir(package_dir) if e.name.endswith(".py")), default=0)
+    tag = hashlib.sha256(f"{sys.executable}\0{package_dir}\0{stamp}".encode()).hexdigest()[:12]
+    return os.path.join(socket_dir, f"wharf-zygote-{tag}.sock")
+
+
+def start(flags: Flags, stdin: bytes) -> bytes:
+    """Run the ``start`` action; return what to print on stdout."""
+    boot = read_bootstrap(stdin, flags)
+    bundle = flags.bundle or os.getcwd()
+    socket_dir = boot.socket_dir if boot.socket_dir is not None else DEFAULT_SOCKET_DIR
+    path = socket_path(socket_dir, flags.address, flags.namespace, group_id(bundle, flags.id))
+    if not _can_connect(path):
+        request = {
+            "id": flags.id,
+            "namespace": flags.namespace,
+            "bundle": bundle,
+            "socket_path": path,
+            "grpc_address": flags.address,
+            "ttrpc_address": os.environ.get("TTRPC_ADDRESS") or boot.ttrpc_address,
+            "debug": flags.debug,
+            "options": binascii.b2a_base64(boot.options, newline=False).decode(),
+            "env": dict(os.environ),
+            "oom_score_adj": _oom_score_adj(),
+        }
+        _ask_zygote(socket_dir, request)
+    address = "unix://" + path
+    with contextlib.suppress(OSError), open(os.path.join(bundle, "address"), "w", encoding="utf-8") as f:
+        f.write(address)
+    if not boot.sent:
+        return address.encode()
+    return wire.encode((1, TASK_API_VERSION), (2, address), (3, "ttrpc"))  # BootstrapResult
+
+
+def _oom_score_adj() -> int | None:
+    try:
+        with open("/proc/self/oom_score_adj", encoding="ascii") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _ask_zygote(socket_dir: str, request: dict[str, object]) -> None:
+    os.makedirs(socket_dir, mode=0o711, exist_ok=True)
+    control = control_path(socket_dir)
+    reply = _request(control, request)
+    if reply is None:
+        _start_zygote(control)
+        reply = _request(control, request)
+    if reply is None:
+        raise errors.Unavailable(f"shim zygote at {control} does not answer")
+    if "error" in reply:
+        raise errors.ShimError(f"shim zygote: {reply['error']}")
+
+
+def _request(control: str, request: dict[str, object]) -> dict[str, object] | None:
+    """One request to the zygote; None if no zygote listens there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(30)
+        try:
+            sock.connect(control)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        sock.sendall(json.dumps(request).encode())
+        sock.shutdown(socket.SHUT_WR)
+        data = b"".join(iter(lambda: sock.recv(65536), b""))
+    if not data:
+        return None  # the zygote went away mid-request (idle exit): start another
+    reply: dict[str, object] = json.loads(data)
+    return reply
+
+
+def _start_zygote(control: str) -> None:
+    """Start a zygote unless another ``start`` just did (serialized with a lock file)."""
+    import subprocess
+
+    with open(control + ".lock", "w", encoding="ascii") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _can_connect(control):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(control)
+        # The zygote's own failures (it has no other stderr) land next to its socket.
+        with open(control + ".log", "ab") as log:
+            zygote = subprocess.Popen(
+                [sys.executable, "-m", "wharfd.runtime.shim.zygote", control],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                cwd="/",
+            )
+        deadline = time.monotonic() + ZYGOTE_START_TIMEOUT
+        while not _can_connect(control):
+            if zygote.poll() is not None or time.monotonic() > deadline:
+                raise errors.Unavailable(
+                    f"shim zygote did not come up at {control}: {_tail(control + '.log')}"
+                )
+            time.sleep(0.005)
+
+
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            lines = f.read()[-2000:].decode(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"
+
+
+def _can_connect(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+        return True
+
+
+def delete(flags: Flags) -> bytes:
+    """Run the ``delete`` action (the shim is gone): clean up and return a DeleteResponse."""
+    import subprocess
+
+    from wharfd.api.runtime.task.v3 import shim_pb2
+    from wharfd.runtime.shim import mounts, options
+
+    bundle = flags.bundle or os.getcwd()
+    opts = options.read(bundle)
+    argv = [
+        opts.binary_name or "runc",
+        "--root",
+        options.root(opts, flags.namespace),
+        "delete",
+        "--force",
+        flags.id,
+    ]
+    result = subprocess.run(argv, capture_output=True, check=False)
+    if result.returncode != 0:
+        print(f"warning: {' '.join(argv)}: {result.stderr.decode(errors='replace').strip()}", file=sys.stderr)
+    rootfs = os.path.join(bundle, "rootfs")
+    try:
+        mounts.unmount_all(rootfs)
+    except OSError as exc:
+        print(f"warning: {exc}; detaching", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            mounts.detach(rootfs)
+    try:
+        with open(os.path.join(bundle, "init.pid"), encoding="ascii") as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pid = 0
+    now = time.time_ns()
+    response = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + 9)
+    response.exited_at.FromNanoseconds(now)
+    return response.SerializeToString()

@@ -1,0 +1,153 @@
+"""Launching shims through ``start``: the zygote, pod grouping, readiness, -v/-info, Shutdown (no runc)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from google.protobuf import empty_pb2
+
+from tests.runtime.test_shim_rig import NAMESPACE, SHIM, Rig, children_of, pid_alive, until, zygote
+from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
+from wharfd.api.runtime.task.v3 import shim_pb2 as api
+from wharfd.api.types import introspection_pb2
+from wharfd.api.types.runc.options import oci_pb2
+
+pytestmark = pytest.mark.skipif(
+    not SHIM.exists(), reason="containerd-shim-wharf-v2 is not installed in the venv"
+)
+
+
+def bundle(rig: Rig, cid: str, annotations: dict[str, str] | None = None) -> Path:
+    path = rig.root / cid
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps({"annotations": annotations or {}}))
+    rig.bundles.append(path)
+    return path
+
+
+def run(body: Callable[[Rig], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with Rig(Path("/nonexistent")) as rig:  # no containers: no busybox needed
+            await body(rig)
+
+    asyncio.run(main())
+
+
+def test_one_zygote_forks_a_shim_per_group_and_shims_exit_on_shutdown() -> None:
+    async def body(rig: Rig) -> None:
+        first = await rig.start("a", bundle(rig, "a"))
+        second = await rig.start("b", bundle(rig, "b"))
+        assert first != second
+        clients = [await rig.connect(first), await rig.connect(second)]
+        shims = sorted(rig.shim_pids)
+        zygote_pid, _ = zygote(rig.socket_dir)
+        assert len(shims) == 2 and children_of(zygote_pid) == set(shims)
+        assert (rig.root / "a" / "address").read_text() == first
+        for client in clients:
+            connected = await rig.call(client, "Connect", api.ConnectRequest(id="a"), api.ConnectResponse)
+            assert connected.task_pid == 0 and connected.version
+            await rig.call(client, "Shutdown", api.ShutdownRequest(id="a"), empty_pb2.Empty)
+        await until(lambda: not any(pid_alive(pid) for pid in shims))
+        await until(lambda: not os.path.exists(first.removeprefix("unix://")))  # the shim removed its socket
+
+    run(body)
+
+
+def test_concurrent_starts_of_one_group_share_a_shim() -> None:
+    async def body(rig: Rig) -> None:
+        annotations = {"io.kubernetes.cri.sandbox-id": "pod"}
+        cids = [f"c{i}" for i in range(4)]
+        bundles = [bundle(rig, cid, annotations) for cid in cids]
+        addresses = await asyncio.gather(*(rig.start(cid, b) for cid, b in zip(cids, bundles, strict=True)))
+        assert len(set(addresses)) == 1
+        await rig.connect(addresses[0])
+        assert len(children_of(zygote(rig.socket_dir)[0])) == 1
+
+    run(body)
+
+
+def test_a_shim_that_cannot_start_fails_start() -> None:
+    async def body(rig: Rig) -> None:
+        path = bundle(rig, "bad")
+        params = bootstrap_pb2.BootstrapParams(
+            instance_id="bad", namespace=NAMESPACE, socket_dir=str(rig.socket_dir)
+        )
+        opts = oci_pb2.Options(shim_cgroup="/wharfd-test-no-such-cgroup")
+        extension = params.extensions.add().value
+        extension.type_url, extension.value = "containerd.runc.v1.Options", opts.SerializeToString()
+        proc = await asyncio.create_subprocess_exec(
+            str(SHIM), "-namespace", NAMESPACE, "-address", rig.grpc_address, "-id", "bad", "start",
+            cwd=path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate(params.SerializeToString())
+        assert proc.returncode == 1 and out == b""
+        assert b"shim cgroup '/wharfd-test-no-such-cgroup' does not exist" in err
+        assert children_of(zygote(rig.socket_dir)[0]) == set()
+
+    run(body)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates cgroups: needs root")
+def test_shim_joins_its_shim_cgroup() -> None:
+    async def body(rig: Rig) -> None:
+        cgroup = f"/{rig.tag}/shims"
+        os.makedirs(f"/sys/fs/cgroup/memory{cgroup}")
+        path = bundle(rig, "joined")
+        params = bootstrap_pb2.BootstrapParams(
+            instance_id="joined", namespace=NAMESPACE, socket_dir=str(rig.socket_dir)
+        )
+        extension = params.extensions.add().value
+        extension.type_url = "containerd.runc.v1.Options"
+        extension.value = oci_pb2.Options(shim_cgroup=cgroup).SerializeToString()
+        out = await rig.run_shim(path, "-id", "joined", "start", stdin=params.SerializeToString())
+        address = bootstrap_pb2.BootstrapResult.FromString(out).address
+        await rig.connect(address)
+        (shim,) = rig.shim_pids
+        assert f"memory:{cgroup}\n" in cgroups_of(shim)
+
+    run(body)
+
+
+def cgroups_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+        return f.read()
+
+
+def test_version_and_info() -> None:
+    version = subprocess.run([str(SHIM), "-v"], capture_output=True, text=True, check=True).stdout
+    assert "Version:" in version and "Revision:" in version
+    info = subprocess.run([str(SHIM), "-info"], input=b"", capture_output=True, check=True).stdout
+    runtime = introspection_pb2.RuntimeInfo.FromString(info)
+    assert runtime.name == "io.containerd.wharf.v2" and runtime.version.version
+    if runtime.features.type_url:  # runc >= 1.1 reports its features
+        assert json.loads(runtime.features.value)["ociVersionMax"]
+
+
+def test_start_refuses_mismatched_bootstrap(tmp_path: Path) -> None:
+    params = bootstrap_pb2.BootstrapParams(instance_id="other", namespace="ns").SerializeToString()
+    result = subprocess.run(
+        [str(SHIM), "-namespace", "ns", "-address", "/a", "-id", "mine", "start"],
+        input=params, capture_output=True, cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and b"instance_id 'other' does not match -id 'mine'" in result.stderr
+
+
+def test_no_grpc_in_the_shim_and_no_protobuf_in_start() -> None:
+    start = "import sys, wharfd.runtime.shim.main; print(sorted(m for m in sys.modules if 'protobuf' in m))"
+    result = subprocess.run([sys.executable, "-c", start], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"  # the start path decodes its few messages itself
+    zygote = (
+        "import sys, wharfd.runtime.shim.zygote as z, wharfd.runtime.version;"
+        "z.server.warm_up(2);"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'grpc'))"
+    )
+    result = subprocess.run([sys.executable, "-c", zygote], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
