@@ -240,16 +240,19 @@ def unmount(target: str | Path, flags: int = 0, *, syscalls: Syscalls = LIBC, at
             time.sleep(0.05)
 
 
-def unmount_all(target: str | Path, flags: int = 0, *, syscalls: Syscalls = LIBC) -> None:
-    """Unmount every mount stacked on ``target`` and every mount below it, deepest first."""
+def unmount_all(target: str | Path, flags: int = 0, *, syscalls: Syscalls = LIBC, attempts: int = 50) -> None:
+    """Unmount every mount stacked on ``target`` and every mount below it, deepest first.
+
+    ``attempts`` bounds the EBUSY retries of each unmount (see :func:`unmount`).
+    """
     root = os.path.realpath(target)
     for point in sorted(_mount_points_under(root), key=len, reverse=True):
-        unmount(point, flags, syscalls=syscalls)
+        unmount(point, flags, syscalls=syscalls, attempts=attempts)
     # Several mounts can be stacked on one point; each umount2 removes the top one.
     for _ in range(_MAX_STACKED):
         if not is_mount_point(root):
             return
-        unmount(root, flags, syscalls=syscalls)
+        unmount(root, flags, syscalls=syscalls, attempts=attempts)
     raise OSError(errno.EBUSY, f"unmount {root!r}: still mounted after {_MAX_STACKED} unmounts", root)
 
 

@@ -99,7 +99,10 @@ class LeaseStore:
         """Create a lease (a random id when none is given); AlreadyExists if the id is taken."""
         ns = namespaces.required()
         lease_id = lease_id or f"wharfd-{secrets.token_hex(8)}"
-        namespaces.validate_identifier(lease_id, what="lease")
+        # containerd takes any non-empty lease id; ctr's random ones ("123-ab_-c=")
+        # are not identifiers.
+        if "/" in lease_id or len(lease_id) > 256:
+            raise errors.InvalidArgument(f'lease "{lease_id}": id must not contain "/" or exceed 256 characters')
         labels = {k: v for k, v in (labels or {}).items() if v}
         label_rules.validate_all(labels, field="lease.Labels")
         if LABEL_EXPIRE in labels:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -22,16 +23,21 @@ from collections.abc import Sequence
 from typing import Any
 
 from wharfd.api.runtime.task.v3 import shim_pb2
+from wharfd.api.types import mount_pb2
 from wharfd.api.types.runc.options import oci_pb2
-from wharfd.runtime.shim import cgroups, errors, mounts, options
+from wharfd.runtime import errors, mount
+from wharfd.runtime.shim import cgroups, options
 from wharfd.runtime.shim.process import EXEC_CREATED, INIT_CREATED, INIT_PAUSED, Process
 from wharfd.runtime.shim.pump import ConsoleSocket
 from wharfd.runtime.shim.reaper import Exit, Reaper
 from wharfd.runtime.shim.runc import Runc, RuncError
 from wharfd.runtime.shim.stdio import Owner, ProcessIO, Stdio
+from wharfd.runtime.snapshots.snapshotter import Mount
 
 CONSOLE_TIMEOUT = 10.0
 IO_DRAIN_TIMEOUT = 2.0
+UNMOUNT_ATTEMPTS = 50
+UNMOUNT_RETRY_SECONDS = 0.05
 
 
 class Container:
@@ -89,7 +95,7 @@ class Container:
         try:
             if req.rootfs:
                 os.makedirs(container.rootfs, exist_ok=True)
-                mounts.mount_all(list(req.rootfs), container.rootfs)
+                mount.mount_all([_mount(m) for m in req.rootfs], container.rootfs)
                 container.rootfs_mounted = True
             options.write(bundle, opts)
             await container._create_init(reaper)
@@ -230,9 +236,19 @@ class Container:
             self.init.move("delete")
 
     async def _unmount(self) -> None:
-        if self.rootfs_mounted:
-            await mounts.unmount_all_async(self.rootfs)
-            self.rootfs_mounted = False
+        if not self.rootfs_mounted:
+            return
+        # EBUSY (a process still leaving the rootfs) is retried here, with the loop free
+        # meanwhile: mount.unmount_all's own retries would sleep in the loop's thread.
+        for attempt in range(UNMOUNT_ATTEMPTS):
+            try:
+                mount.unmount_all(self.rootfs, attempts=1)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or attempt == UNMOUNT_ATTEMPTS - 1:
+                    raise
+            await asyncio.sleep(UNMOUNT_RETRY_SECONDS)
+        self.rootfs_mounted = False
 
     # -- exec processes ------------------------------------------------------------------
 
@@ -329,6 +345,10 @@ async def _close_io(proc: Process) -> None:
         async with asyncio.timeout(IO_DRAIN_TIMEOUT):
             await proc.io.drained()
     proc.io.close()
+
+
+def _mount(m: mount_pb2.Mount) -> Mount:
+    return Mount(m.type, m.source, m.target, tuple(m.options))
 
 
 def _read_pid(path: str) -> int:

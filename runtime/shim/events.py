@@ -5,7 +5,9 @@ connection to ``TTRPC_ADDRESS``. While the daemon is unreachable (restarting)
 the head event is retried with growing back-off and the rest wait in a bounded
 queue, so nothing is reordered and a restarted daemon still hears every exit.
 An event the daemon *answers* with an error is retried a few times and then
-dropped, so one bad event cannot wedge the queue.
+dropped, so one bad event cannot wedge the queue. Unavailable (no connection,
+or the daemon asking us to come back later) and DeadlineExceeded count as
+"unreachable", never as a refusal.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import contextlib
 import logging
 import time
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from wharfd.api.services.ttrpc.events.v1 import events_pb2
 from wharfd.api.types import event_pb2
-from wharfd.runtime.shim import errors
-from wharfd.runtime.shim.ttrpc import Client
+from wharfd.runtime import errors
+from wharfd.runtime.ttrpc.client import TtrpcClient
 
 log = logging.getLogger("wharfd.shim.events")
 
@@ -42,6 +44,8 @@ TOPICS = {
 MAX_QUEUE = 2048
 MAX_REJECTIONS = 5
 MAX_BACKOFF = 5.0
+# Failures that mean "the daemon cannot be reached now": reconnect and retry, however long it takes.
+_UNREACHABLE = (errors.Unavailable, errors.DeadlineExceeded, OSError)
 
 
 def envelope(namespace: str, event: Message) -> events_pb2.ForwardRequest:
@@ -65,10 +69,10 @@ class Publisher:
         """``address`` is the daemon's ttrpc socket; empty disables publishing."""
         self.address = address.removeprefix("unix://")
         self._timeout = call_timeout
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: collections.deque[events_pb2.ForwardRequest] = collections.deque()
         self._wakeup = asyncio.Event()
         self._emptied = asyncio.Event()
-        self._client: Client | None = None
+        self._client: TtrpcClient | None = None
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
 
@@ -84,7 +88,7 @@ class Publisher:
             self.dropped += 1
             log.error("event queue full (%d): dropping %s", MAX_QUEUE, event.DESCRIPTOR.name)
             return
-        self._queue.append(envelope(namespace, event).SerializeToString())
+        self._queue.append(envelope(namespace, event))
         self._wakeup.set()
 
     async def drained(self) -> None:
@@ -110,28 +114,28 @@ class Publisher:
                 continue
             try:
                 await self._send(self._queue[0])
-            except errors.ShimError as exc:
+            except _UNREACHABLE as exc:
+                await self._disconnect()
+                backoff += 1
+                log.debug("publishing to %s failed (%s); retry %d", self.address, exc, backoff)
+                await asyncio.sleep(min(0.05 * 2 ** min(backoff, 8), MAX_BACKOFF))
+                continue
+            except errors.WharfError as exc:
                 rejections += 1
                 if rejections < MAX_REJECTIONS:
                     await asyncio.sleep(0.1 * rejections)
                     continue
                 log.error("daemon refused an event %d times, dropping it: %s", rejections, exc)
                 self.dropped += 1
-            except (OSError, TimeoutError) as exc:
-                await self._disconnect()
-                backoff += 1
-                log.debug("publishing to %s failed (%s); retry %d", self.address, exc, backoff)
-                await asyncio.sleep(min(0.05 * 2 ** min(backoff, 8), MAX_BACKOFF))
-                continue
             self._queue.popleft()
             backoff = rejections = 0
             if not self._queue:
                 self._emptied.set()
 
-    async def _send(self, payload: bytes) -> None:
-        if self._client is None or self._client.closed:
-            self._client = await Client.connect(self.address, timeout=self._timeout)
-        await self._client.call(SERVICE, "Forward", payload, timeout=self._timeout)
+    async def _send(self, request: events_pb2.ForwardRequest) -> None:
+        if self._client is None or self._client.closed.is_set():
+            self._client = await TtrpcClient.connect(self.address, timeout=self._timeout)
+        await self._client.call(SERVICE, "Forward", request, empty_pb2.Empty, timeout=self._timeout)
 
     async def _disconnect(self) -> None:
         if self._client is not None:

@@ -29,7 +29,8 @@ import socket
 import sys
 import time
 
-from wharfd.runtime.shim import errors, wire
+from wharfd.runtime import errors
+from wharfd.runtime.shim import wire
 
 # Imports stay light (no protobuf, no dataclasses): this process runs for every container.
 DEFAULT_SOCKET_DIR = "/run/wharfd/s"
@@ -38,6 +39,10 @@ MAX_SOCKET_PATH = 106
 TASK_API_VERSION = 3
 ZYGOTE_START_TIMEOUT = 10.0
 OPTIONS_TYPE = "containerd.runc.v1.Options"
+# The folders under wharfd/runtime holding the code a shim runs: its own package and the
+# shared modules it imports (ttrpc; errors, mount, namespaces, version; the Mount type).
+# Any change there must give a new zygote, not a fork of old code.
+CODE_DIRS = ("shim", "ttrpc", ".", "snapshots")
 
 
 class Flags:
@@ -170,9 +175,20 @@ def socket_path(socket_dir: str, grpc_address: str, namespace: str, group: str) 
 def control_path(socket_dir: str) -> str:
     """The zygote's control socket for this interpreter and this version of the shim code."""
     package_dir = os.path.dirname(os.path.abspath(__file__))
-    stamp = max((e.stat().st_mtime_ns for e in os.scandir(package_dir) if e.name.endswith(".py")), default=0)
+    runtime_dir = os.path.dirname(package_dir)
+    stamp = max(_newest(os.path.join(runtime_dir, d)) for d in CODE_DIRS)
     tag = hashlib.sha256(f"{sys.executable}\0{package_dir}\0{stamp}".encode()).hexdigest()[:12]
     return os.path.join(socket_dir, f"wharf-zygote-{tag}.sock")
+
+
+def _newest(directory: str) -> int:
+    """The newest mtime of the modules in ``directory`` (not recursive)."""
+    newest = 0
+    for entry in os.scandir(directory):
+        if entry.name.endswith(".py"):
+            with contextlib.suppress(OSError):  # a dangling link of an editable install
+                newest = max(newest, entry.stat().st_mtime_ns)
+    return newest
 
 
 def start(flags: Flags, stdin: bytes) -> bytes:
@@ -221,7 +237,7 @@ def _ask_zygote(socket_dir: str, request: dict[str, object]) -> None:
     if reply is None:
         raise errors.Unavailable(f"shim zygote at {control} does not answer")
     if "error" in reply:
-        raise errors.ShimError(f"shim zygote: {reply['error']}")
+        raise errors.WharfError(f"shim zygote: {reply['error']}")
 
 
 def _request(control: str, request: dict[str, object]) -> dict[str, object] | None:
@@ -294,7 +310,8 @@ def delete(flags: Flags) -> bytes:
     import subprocess
 
     from wharfd.api.runtime.task.v3 import shim_pb2
-    from wharfd.runtime.shim import mounts, options
+    from wharfd.runtime import mount
+    from wharfd.runtime.shim import options
 
     bundle = flags.bundle or os.getcwd()
     opts = options.read(bundle)
@@ -311,11 +328,11 @@ def delete(flags: Flags) -> bytes:
         print(f"warning: {' '.join(argv)}: {result.stderr.decode(errors='replace').strip()}", file=sys.stderr)
     rootfs = os.path.join(bundle, "rootfs")
     try:
-        mounts.unmount_all(rootfs)
+        mount.unmount_all(rootfs)
     except OSError as exc:
         print(f"warning: {exc}; detaching", file=sys.stderr)
         with contextlib.suppress(OSError):
-            mounts.detach(rootfs)
+            mount.unmount(rootfs, mount.MNT_DETACH)
     try:
         with open(os.path.join(bundle, "init.pid"), encoding="ascii") as f:
             pid = int(f.read().strip())

@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from wharfd.runtime.shim import errors
+from wharfd.runtime import errors
 from wharfd.runtime.shim.launch import Flags
 
 RUNTIME_NAME = "io.containerd.wharf.v2"
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"containerd-shim-wharf-v2: {exc}", file=sys.stderr)
         return 2
-    except (errors.ShimError, OSError) as exc:
+    except (errors.WharfError, OSError) as exc:
         print(f"{flags.id}: {exc}", file=sys.stderr)
         return 1
 

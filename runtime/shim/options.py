@@ -17,7 +17,7 @@ from typing import Any
 from google.protobuf import any_pb2
 
 from wharfd.api.types.runc.options import oci_pb2
-from wharfd.runtime.shim import errors
+from wharfd.runtime import errors
 
 OPTIONS_TYPE = "containerd.runc.v1.Options"
 CHECKPOINT_OPTIONS_TYPE = "containerd.runc.v1.CheckpointOptions"

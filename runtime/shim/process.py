@@ -28,7 +28,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from wharfd.api.types.task import task_pb2
-from wharfd.runtime.shim import errors, pump
+from wharfd.runtime import errors
+from wharfd.runtime.shim import pump
 from wharfd.runtime.shim.stdio import ProcessIO, Stdio
 
 

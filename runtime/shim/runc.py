@@ -16,13 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from wharfd.runtime.shim import errors
+from wharfd.runtime import errors
 from wharfd.runtime.shim.reaper import Reaper
 
 _F_SETPIPE_SZ = 1031
 
 
-class RuncError(errors.ShimError):
+class RuncError(errors.WharfError):
     """runc exited non-zero; the message is runc's own error text."""
 
     def __init__(self, command: str, message: str) -> None:

@@ -4,8 +4,8 @@
 expects: its own session, cwd in the bundle, stdio away from the launcher
 (logs to the bundle's ``log`` FIFO or file), a child subreaper, optionally in
 ``ShimCgroup``, OOM score one above the daemon's. It then serves the Task API
-on the listening socket it was handed until ``Shutdown``, flushes its events
-and exits.
+(:mod:`wharfd.runtime.ttrpc`, peers of our own uid and gid only) on the
+listening socket it was handed until ``Shutdown``, flushes its events and exits.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from wharfd.runtime.shim import cgroups
 from wharfd.runtime.shim.events import Publisher
 from wharfd.runtime.shim.reaper import Reaper
 from wharfd.runtime.shim.service import TaskService
-from wharfd.runtime.shim.ttrpc import Server
+from wharfd.runtime.ttrpc.server import TtrpcServer
 
 log = logging.getLogger("wharfd.shim")
 
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 EVENT_FLUSH_SECONDS = 5.0
+CLOSE_GRACE_SECONDS = 2.0  # calls in flight at Shutdown may still answer for this long
 WARM_ROUNDS = 64
 RUNTIME = "io.containerd.wharf.v2"
 _LIBC = ctypes.CDLL(None, use_errno=True)
@@ -166,14 +167,15 @@ async def serve(launch: Launch, listener: socket.socket, ready: int = -1) -> int
         opts=launch.runc_options(),
         version=launch.version,
     )
-    server = Server(service.handlers())
-    await server.start(listener)
+    server = TtrpcServer(require_same_user=True)
+    service.register(server)
+    await server.listen_socket(listener)
     loop.add_signal_handler(signal.SIGTERM, service.shutdown_requested.set)
     log.debug("serving on %s (pid %d)", launch.socket_path, os.getpid())
     if ready >= 0:
         _report(ready, "ok")
     await service.shutdown_requested.wait()
-    await server.close()
+    await server.close(grace=CLOSE_GRACE_SECONDS)
     with contextlib.suppress(OSError):
         os.unlink(launch.socket_path)
     await service.close()
@@ -200,36 +202,40 @@ def warm_up(rounds: int = WARM_ROUNDS) -> None:
 
 
 async def _exercise(rounds: int) -> None:
+    from google.protobuf.message import Message
+
     from wharfd.api.events import task_pb2 as events
     from wharfd.api.runtime.task.v3 import shim_pb2 as api
-    from wharfd.runtime.shim import errors, options
+    from wharfd.runtime import errors
     from wharfd.runtime.shim import events as publish
+    from wharfd.runtime.shim import options
     from wharfd.runtime.shim.runc import Runc
-    from wharfd.runtime.shim.ttrpc import Client
+    from wharfd.runtime.ttrpc.client import TtrpcClient
 
     reaper = Reaper()
     reaper.install(asyncio.get_running_loop())
     address = f"\0wharf-shim-warm-up-{os.getpid()}"  # abstract: nothing on disk
     publisher = Publisher(address)
     service = TaskService(namespace="", reaper=reaper, publisher=publisher, opts=oci_pb2.Options())
-    handlers = service.handlers()
-    handlers[(publish.SERVICE, "Forward")] = _ignore
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen()
-    server = Server(handlers)
-    await server.start(listener)
-    client = await Client.connect(address)
+    server = TtrpcServer(require_same_user=True)
+    service.register(server)
+    server.register(publish.SERVICE, "Forward", _ignore)
+    await server.listen_socket(listener)
+    client = await TtrpcClient.connect(address)
     publisher.start()
     runc = Runc(reaper, binary="true")
+    calls: tuple[tuple[str, Message, type[Message]], ...] = (
+        ("Connect", api.ConnectRequest(), api.ConnectResponse),
+        ("State", api.StateRequest(id="none"), api.StateResponse),
+    )
     try:
         for round_ in range(rounds):
-            for method, request in (
-                ("Connect", api.ConnectRequest()),
-                ("State", api.StateRequest(id="none")),
-            ):
-                with contextlib.suppress(errors.ShimError):
-                    await client.call("containerd.task.v3.Task", method, request.SerializeToString())
+            for method, request, response_type in calls:
+                with contextlib.suppress(errors.WharfError):
+                    await client.call("containerd.task.v3.Task", method, request, response_type, timeout=5)
             for name in publish.TOPICS:
                 publisher.publish("", getattr(events, name)(container_id="x"))
             await publisher.drained()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Coroutine
+from types import SimpleNamespace
+from typing import Any
 
 from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
 from google.protobuf.message import Message
@@ -24,19 +25,21 @@ from google.protobuf.message import Message
 from wharfd.api.events import task_pb2 as ev
 from wharfd.api.runtime.task.v3 import shim_pb2 as api
 from wharfd.api.types.runc.options import oci_pb2
-from wharfd.runtime.shim import cgroups, errors, options
+from wharfd.runtime import errors
+from wharfd.runtime.shim import cgroups, options
 from wharfd.runtime.shim.container import Container
 from wharfd.runtime.shim.events import Publisher
 from wharfd.runtime.shim.process import Process
 from wharfd.runtime.shim.reaper import Exit, Reaper
 from wharfd.runtime.shim.stdio import Stdio
-from wharfd.runtime.shim.ttrpc import Handler, Metadata
+from wharfd.runtime.ttrpc.protocol import NAMESPACE_KEY
+from wharfd.runtime.ttrpc.server import Metadata, TtrpcServer
+from wharfd.runtime.ttrpc.services import register_service
 
 log = logging.getLogger("wharfd.shim")
 
-SERVICES = ("containerd.task.v2.Task", "containerd.task.v3.Task")
-NAMESPACE_KEY = "containerd-namespace-ttrpc"
-M = TypeVar("M", bound=Message)
+TASK_V3 = api.DESCRIPTOR.services_by_name["Task"]
+TASK_V2_NAME = "containerd.task.v2.Task"
 EMPTY = empty_pb2.Empty()
 PROCESS_DETAILS_TYPE = "containerd.runc.v1.ProcessDetails"
 
@@ -69,28 +72,33 @@ class TaskService:
         self._monitors: set[asyncio.Task[None]] = set()
         self._creating: set[str] = set()
 
-    def handlers(self) -> dict[tuple[str, str], Handler]:
-        """(service, method) → handler, for both service names."""
-        methods: dict[str, tuple[type[Message], Callable[[Any, Metadata], Awaitable[Message]]]] = {
-            "State": (api.StateRequest, self.state),
-            "Create": (api.CreateTaskRequest, self.create),
-            "Start": (api.StartRequest, self.start),
-            "Delete": (api.DeleteRequest, self.delete),
-            "Pids": (api.PidsRequest, self.pids),
-            "Pause": (api.PauseRequest, self.pause),
-            "Resume": (api.ResumeRequest, self.resume),
-            "Checkpoint": (api.CheckpointTaskRequest, self.checkpoint),
-            "Kill": (api.KillRequest, self.kill),
-            "Exec": (api.ExecProcessRequest, self.exec),
-            "ResizePty": (api.ResizePtyRequest, self.resize_pty),
-            "CloseIO": (api.CloseIORequest, self.close_io),
-            "Update": (api.UpdateTaskRequest, self.update),
-            "Wait": (api.WaitRequest, self.wait),
-            "Stats": (api.StatsRequest, self.stats),
-            "Connect": (api.ConnectRequest, self.connect),
-            "Shutdown": (api.ShutdownRequest, self.shutdown),
-        }
-        return {(service, name): _adapt(*entry) for service in SERVICES for name, entry in methods.items()}
+    def register(self, server: TtrpcServer) -> None:
+        """Serve the Task calls on ``server`` as ``containerd.task.v3.Task`` and ``.v2.Task``.
+
+        The v2 service carries the same messages on the wire, so its calls are
+        routed to the same handlers.
+        """
+        methods = SimpleNamespace(
+            State=self.state,
+            Create=self.create,
+            Start=self.start,
+            Delete=self.delete,
+            Pids=self.pids,
+            Pause=self.pause,
+            Resume=self.resume,
+            Checkpoint=self.checkpoint,
+            Kill=self.kill,
+            Exec=self.exec,
+            ResizePty=self.resize_pty,
+            CloseIO=self.close_io,
+            Update=self.update,
+            Wait=self.wait,
+            Stats=self.stats,
+            Connect=self.connect,
+            Shutdown=self.shutdown,
+        )
+        for name in register_service(server, TASK_V3, methods):
+            server.register(TASK_V2_NAME, name, server.lookup(TASK_V3.full_name, name).handler)
 
     def _get(self, container_id: str) -> Container:
         container = self.containers.get(container_id)
@@ -351,15 +359,3 @@ class TaskService:
         self.oom.close()
         for task in list(self._monitors):
             task.cancel()
-
-
-def _adapt(request_type: type[M], method: Callable[[M, Metadata], Awaitable[Message]]) -> Handler:
-    async def handler(payload: bytes, metadata: Metadata) -> bytes:
-        request = request_type()
-        try:
-            request.ParseFromString(payload)
-        except Exception as exc:
-            raise errors.InvalidArgument(f"{request_type.__name__}: malformed request: {exc}") from exc
-        return (await method(request, metadata)).SerializeToString()
-
-    return handler

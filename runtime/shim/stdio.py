@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
-from wharfd.runtime.shim import errors
+from wharfd.runtime import errors
 from wharfd.runtime.shim.pump import Pump
 from wharfd.runtime.shim.reaper import Reaper
 from wharfd.runtime.shim.runc import read_all

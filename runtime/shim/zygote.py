@@ -18,7 +18,8 @@ sends one JSON object (a :class:`~wharfd.runtime.shim.server.Launch`, with
 JSON object, ``{"pid": n}`` for a new server, ``{"exists": true}`` if a live
 server already owns the socket (pod grouping, or a racing ``start``), or
 ``{"error": "..."}``. The tag changes with the interpreter and the installed
-shim code, so an upgrade gets a new zygote rather than old code.
+shim code (:data:`~wharfd.runtime.shim.launch.CODE_DIRS`), so an upgrade gets a
+new zygote rather than old code.
 
 The zygote is single-threaded (fork safety), reaps its children, and exits
 after ``WHARF_SHIM_ZYGOTE_IDLE`` seconds (default 600) with no live shim.

@@ -45,7 +45,7 @@ class TtrpcClient:
         self.closed: asyncio.Event = conn.closed_event
 
     @classmethod
-    async def connect(cls, address: str | Path, *, timeout: float = 10.0) -> TtrpcClient:  # noqa: ASYNC109
+    async def connect(cls, address: str | Path, *, timeout: float = 10.0) -> TtrpcClient:
         """Dial a unix socket (``/path``, ``unix:///path`` or ``@abstract``).
 
         A socket that does not exist yet or refuses is retried until ``timeout``,
@@ -88,7 +88,7 @@ class TtrpcClient:
         response_type: type[M],
         *,
         # A per-call argument (not asyncio.timeout) because it also travels as timeout_nano.
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: float | None = None,
         metadata: MetadataIn | None = None,
     ) -> M:
         """Make a unary call and return its reply, or raise the typed error the server answered."""

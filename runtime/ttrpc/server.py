@@ -138,10 +138,17 @@ class TtrpcServer:
         loop = asyncio.get_running_loop()
         await loop.create_unix_connection(self._connection, sock=sock)
 
-    async def close(self) -> None:
-        """Stop accepting, drop open connections and cancel their calls."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting, drop open connections and cancel their calls.
+
+        With ``grace``, calls in flight first get up to that many seconds to
+        answer (a shim answering its last calls before it exits).
+        """
         for server in self._servers:
             server.close()
+        in_flight = [task for conn in self._connections for task in conn._tasks.values()]
+        if grace > 0 and in_flight:
+            await asyncio.wait(in_flight, timeout=grace)
         tasks = [task for conn in list(self._connections) for task in conn.abort()]
         for server in self._servers:
             await server.wait_closed()

@@ -165,7 +165,7 @@ class Stub:
             async def call(
                 request: Message,
                 *,
-                timeout: float | None = _UNSET,  # noqa: ASYNC109 (also sent as timeout_nano)
+                timeout: float | None = _UNSET,
                 metadata: MetadataIn | None = None,
             ) -> Message:
                 options = self._options(timeout, metadata)

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,8 @@ def net_env(tmp_path: Path) -> Iterator[tuple[Settings, str, Path]]:
         with IPRoute() as ipr:
             for link in ipr.link_lookup(ifname=bridge):
                 ipr.link("del", index=link)
+        # pyroute2 bind-mounts a netns directory onto itself (as `ip netns` does): unmount it too.
+        subprocess.run(["umount", "-l", str(ns_dir)], capture_output=True, check=False)
         shutil.rmtree(ns_dir, ignore_errors=True)
 
 

@@ -18,6 +18,7 @@ from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
 from wharfd.api.runtime.task.v3 import shim_pb2 as api
 from wharfd.api.types import introspection_pb2
 from wharfd.api.types.runc.options import oci_pb2
+from wharfd.runtime.shim import launch
 
 pytestmark = pytest.mark.skipif(
     not SHIM.exists(), reason="containerd-shim-wharf-v2 is not installed in the venv"
@@ -141,7 +142,10 @@ def test_start_refuses_mismatched_bootstrap(tmp_path: Path) -> None:
 
 
 def test_no_grpc_in_the_shim_and_no_protobuf_in_start() -> None:
-    start = "import sys, wharfd.runtime.shim.main; print(sorted(m for m in sys.modules if 'protobuf' in m))"
+    start = (
+        "import sys, wharfd.runtime.shim.main;"
+        "print(sorted(m for m in sys.modules if 'protobuf' in m or m == 'typing'))"
+    )
     result = subprocess.run([sys.executable, "-c", start], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"  # the start path decodes its few messages itself
     zygote = (
@@ -151,3 +155,19 @@ def test_no_grpc_in_the_shim_and_no_protobuf_in_start() -> None:
     )
     result = subprocess.run([sys.executable, "-c", zygote], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_zygote_tag_covers_every_module_a_shim_runs() -> None:
+    # A change to any module the zygote loaded must change its control socket (a new zygote).
+    code = (
+        "import sys, os, wharfd.runtime.shim.zygote as z, wharfd.runtime.version;"
+        "z.server.warm_up(2);"
+        "print('\\n'.join(m.__file__ for n, m in sys.modules.items()"
+        " if n.startswith('wharfd.runtime') and getattr(m, '__file__', None)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    runtime_dir = Path(launch.__file__).parent.parent
+    folders = {os.path.normpath(runtime_dir / d) for d in launch.CODE_DIRS}
+    loaded = result.stdout.split()
+    assert any(path.endswith("runtime/ttrpc/server.py") for path in loaded)
+    assert {path for path in loaded if os.path.dirname(path) not in folders} == set()

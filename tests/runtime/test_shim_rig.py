@@ -34,7 +34,7 @@ from wharfd.api.runtime.task.v3 import shim_pb2 as api
 from wharfd.api.services.ttrpc.events.v1 import events_pb2
 from wharfd.api.types import mount_pb2
 from wharfd.api.types.runc.options import oci_pb2
-from wharfd.runtime.shim import mounts
+from wharfd.runtime import mount
 from wharfd.runtime.shim.launch import DEFAULT_SOCKET_DIR
 from wharfd.runtime.ttrpc.client import TtrpcClient
 from wharfd.runtime.ttrpc.server import TtrpcServer
@@ -285,7 +285,7 @@ class Rig:
             subprocess.run([str(RUNC), "--root", str(self.runc_root), "delete", "--force", cid], check=False)
         for bundle in self.bundles:
             with contextlib.suppress(OSError):
-                mounts.unmount_all(str(bundle / "rootfs"))
+                mount.unmount_all(str(bundle / "rootfs"))
         for _ in range(50):  # runc delete returns before the kernel has let go of every cgroup
             if remove_cgroups(f"/{self.tag}"):
                 break

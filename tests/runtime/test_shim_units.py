@@ -1,4 +1,4 @@
-"""The shim's parts without runc: flags, bootstrap, states, reaper, pumps, stdio, ttrpc, events, cgroups."""
+"""The shim's parts without runc: flags, bootstrap, states, reaper, pumps, stdio, Task API, events, cgroups."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from google.protobuf import any_pb2, empty_pb2
+from google.protobuf.message import Message
 
 from wharfd.api.events import task_pb2 as ev
 from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
@@ -23,13 +25,13 @@ from wharfd.api.services.ttrpc.events.v1 import events_pb2
 from wharfd.api.types.cgroups.v1 import metrics_pb2 as v1
 from wharfd.api.types.cgroups.v2 import metrics_pb2 as v2
 from wharfd.api.types.runc.options import oci_pb2
-from wharfd.runtime import errors as daemon_errors
-from wharfd.runtime.shim import cgroups, errors, launch, main, options, process, wire
+from wharfd.runtime import errors
+from wharfd.runtime.shim import cgroups, events, launch, main, options, process, wire
 from wharfd.runtime.shim.events import Publisher, envelope
 from wharfd.runtime.shim.pump import Pump
 from wharfd.runtime.shim.reaper import Reaper
+from wharfd.runtime.shim.service import TaskService
 from wharfd.runtime.shim.stdio import Owner, ProcessIO, Stdio
-from wharfd.runtime.shim.ttrpc import Client, Server
 from wharfd.runtime.ttrpc.client import TtrpcClient
 from wharfd.runtime.ttrpc.server import TtrpcServer
 
@@ -399,42 +401,31 @@ def test_missing_fifo_is_not_found(tmp_path: Path) -> None:
     run(body())
 
 
-# -- ttrpc ---------------------------------------------------------------------------------------
+# -- Task API over ttrpc ------------------------------------------------------------------------
 
 
-async def _state(payload: bytes, metadata: dict[str, list[str]]) -> bytes:
-    request = api.StateRequest.FromString(payload)
-    if request.id != "c1":
-        raise errors.NotFound(f"container {request.id} not found")
-    namespace = metadata["containerd-namespace-ttrpc"][0]
-    return api.StateResponse(id="c1", bundle=namespace, pid=7).SerializeToString()
-
-
-def test_shim_ttrpc_server_answers_the_daemon_client(tmp_path: Path) -> None:
+def test_task_service_answers_v2_and_v3_on_an_inherited_listener(tmp_path: Path) -> None:
     async def body() -> None:
-        import socket
-
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.bind(str(tmp_path / "s"))
-        sock.listen()
-        server = Server({("containerd.task.v3.Task", "State"): _state})
-        await server.start(sock)
+        # As the shim gets it from the zygote: a socket already bound and listening.
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / "s"))
+        listener.listen()
+        service = TaskService(
+            namespace="ns", reaper=Reaper(), publisher=Publisher(""), opts=oci_pb2.Options()
+        )
+        server = TtrpcServer(require_same_user=True)
+        service.register(server)
+        await server.listen_socket(listener)
         client = await TtrpcClient.connect(tmp_path / "s")
         try:
-            metadata = {"containerd-namespace-ttrpc": "k8s.io"}
-            reply = await client.call(
-                "containerd.task.v3.Task",
-                "State",
-                api.StateRequest(id="c1"),
-                api.StateResponse,
-                metadata=metadata,
-            )
-            assert (reply.pid, reply.bundle) == (7, "k8s.io")
-            with pytest.raises(daemon_errors.NotFound, match="container c2 not found"):
-                await client.call(
-                    "containerd.task.v3.Task", "State", api.StateRequest(id="c2"), api.StateResponse
-                )
-            with pytest.raises(daemon_errors.NotImplemented):
+            for name in ("containerd.task.v3.Task", "containerd.task.v2.Task"):
+                reply = await client.call(name, "Connect", api.ConnectRequest(), api.ConnectResponse)
+                assert (reply.shim_pid, reply.task_pid) == (os.getpid(), 0)
+                with pytest.raises(errors.NotFound, match=r"^container c2 not found$"):
+                    await client.call(name, "State", api.StateRequest(id="c2"), api.StateResponse)
+            with pytest.raises(errors.InvalidArgument, match="error unmarshalling request"):
+                await client.call("containerd.task.v3.Task", "State", _truncated(), api.StateResponse)
+            with pytest.raises(errors.NotImplemented):
                 await client.call("containerd.task.v3.Task", "Nope", api.StateRequest(), api.StateResponse)
         finally:
             await client.close()
@@ -443,24 +434,38 @@ def test_shim_ttrpc_server_answers_the_daemon_client(tmp_path: Path) -> None:
     run(body())
 
 
-def test_shim_ttrpc_client_calls_the_daemon_server(tmp_path: Path) -> None:
+class _Truncated:
+    """Stands in for a request message: a string field whose bytes end early."""
+
+    def SerializeToString(self) -> bytes:
+        return b"\x0a\xff"
+
+
+def _truncated() -> Message:
+    return cast(Message, _Truncated())
+
+
+def test_closing_lets_calls_in_flight_answer_within_the_grace(tmp_path: Path) -> None:
     async def body() -> None:
         server = TtrpcServer()
+        entered = asyncio.Event()
 
-        async def fail(payload: bytes, metadata: dict[str, list[str]]) -> bytes:
-            raise daemon_errors.FailedPrecondition("no")
+        async def slow(payload: bytes, metadata: dict[str, list[str]]) -> bytes:
+            entered.set()
+            await asyncio.sleep(0.2)
+            return b""
 
-        server.register("svc", "Fail", fail)
-        await server.listen(tmp_path / "d")
-        client = await Client.connect(str(tmp_path / "d"))
+        server.register("svc", "Slow", slow)
+        await server.listen(tmp_path / "s")
+        client = await TtrpcClient.connect(tmp_path / "s")
         try:
-            with pytest.raises(errors.FailedPrecondition, match="no"):
-                await client.call("svc", "Fail", b"")
-            with pytest.raises(errors.NotImplemented):
-                await client.call("svc", "Other", b"")
+            call = asyncio.create_task(client.call("svc", "Slow", empty_pb2.Empty(), empty_pb2.Empty))
+            await entered.wait()
+            await server.close(grace=5)
+            assert await call == empty_pb2.Empty()  # answered, then the connection was dropped
+            await asyncio.wait_for(client.closed.wait(), 5)
         finally:
             await client.close()
-            await server.close()
 
     run(body())
 
@@ -469,9 +474,10 @@ def test_shim_ttrpc_client_calls_the_daemon_server(tmp_path: Path) -> None:
 
 
 class Recorder:
-    def __init__(self, refuse: int = 0) -> None:
+    def __init__(self, refuse: int = 0, error: type[errors.WharfError] = errors.InvalidArgument) -> None:
         self.topics: list[str] = []
         self.refuse = refuse
+        self.error = error
         self.server = TtrpcServer()
         self.server.register("containerd.services.events.ttrpc.v1.Events", "Forward", self.forward)
 
@@ -479,7 +485,7 @@ class Recorder:
         request = events_pb2.ForwardRequest.FromString(payload)
         if self.refuse:
             self.refuse -= 1
-            raise daemon_errors.InvalidArgument("refused")
+            raise self.error("refused")
         self.topics.append(request.envelope.topic)
         return empty_pb2.Empty().SerializeToString()
 
@@ -501,34 +507,48 @@ def test_publisher_keeps_order_while_the_daemon_is_down(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)  # no daemon yet: everything waits, in order
         recorder = Recorder()
         await recorder.server.listen(tmp_path / "d.ttrpc")
-        try:
-            async with asyncio.timeout(10):
-                await publisher.drained()
-        finally:
-            await publisher.close()
-            await recorder.server.close()
+        await drain(publisher, recorder)
         assert recorder.topics == ["/tasks/create", "/tasks/start", "/tasks/exit", "/tasks/delete"]
 
     run(body())
 
 
-def test_publisher_drops_an_event_the_daemon_keeps_refusing(tmp_path: Path) -> None:
-    async def body() -> None:
-        recorder = Recorder(refuse=5)
-        await recorder.server.listen(tmp_path / "d.ttrpc")
-        publisher = Publisher(str(tmp_path / "d.ttrpc"))
-        publisher.start()
-        publisher.publish("ns", ev.TaskOOM(container_id="bad"))
-        publisher.publish("ns", ev.TaskPaused(container_id="good"))
-        try:
-            async with asyncio.timeout(10):
-                await publisher.drained()
-        finally:
-            await publisher.close()
-            await recorder.server.close()
-        assert recorder.topics == ["/tasks/paused"] and publisher.dropped == 1
+async def drain(publisher: Publisher, recorder: Recorder) -> None:
+    """Wait (bounded) until ``publisher`` has delivered everything, then close both ends."""
+    try:
+        async with asyncio.timeout(10):
+            await publisher.drained()
+    finally:
+        await publisher.close()
+        await recorder.server.close()
 
-    run(body())
+
+async def deliver(recorder: Recorder, address: Path, *published: Message) -> Publisher:
+    """Publish ``published`` to ``recorder`` serving on ``address``; return the drained, closed publisher."""
+    await recorder.server.listen(address)
+    publisher = Publisher(str(address))
+    publisher.start()
+    for event in published:
+        publisher.publish("ns", event)
+    await drain(publisher, recorder)
+    return publisher
+
+
+def test_publisher_drops_an_event_the_daemon_keeps_refusing(tmp_path: Path) -> None:
+    recorder = Recorder(refuse=5)
+    sent = (ev.TaskOOM(container_id="bad"), ev.TaskPaused(container_id="good"))
+    publisher = run(deliver(recorder, tmp_path / "d.ttrpc", *sent))
+    assert recorder.topics == ["/tasks/paused"] and publisher.dropped == 1
+
+
+def test_publisher_retries_a_daemon_that_answers_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(events, "MAX_REJECTIONS", 2)
+    # "Come back later" is not a refusal: the event must not be dropped.
+    recorder = Recorder(refuse=3, error=errors.Unavailable)
+    publisher = run(deliver(recorder, tmp_path / "d.ttrpc", ev.TaskExit(container_id="c")))
+    assert recorder.topics == ["/tasks/exit"] and publisher.dropped == 0
 
 
 # -- cgroups -------------------------------------------------------------------------------------
