@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import errno
 import fcntl
+import inspect
 import logging
 import os
 import signal
@@ -214,6 +215,15 @@ class Daemon:
             health = self.plugins.instances(plugin.GRPC).get("healthcheck")
             if health is not None:
                 await health.set_serving(False)
+        if self.plugins is not None:
+            # Long-lived streams (event subscriptions) end now, so the grace
+            # period below only waits for ordinary calls.
+            for p in self.plugins.plugins:
+                before_stop = getattr(p.instance, "before_stop", None) if p.started else None
+                if before_stop is not None:
+                    result = before_stop()
+                    if inspect.isawaitable(result):
+                        await result
         if self.server is not None:
             await self.server.stop(SHUTDOWN_GRACE_SECONDS)
         if self.ttrpc is not None:

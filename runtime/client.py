@@ -349,3 +349,31 @@ class Client:
         from wharfd.api.services.diff.v1 import diff_pb2_grpc
 
         return diff_pb2_grpc.DiffStub(self._channel)
+
+    @functools.cached_property
+    def transfer(self) -> Any:
+        """``containerd.services.transfer.v1.Transfer``."""
+        from wharfd.api.services.transfer.v1 import transfer_pb2_grpc
+
+        return transfer_pb2_grpc.TransferStub(self._channel)
+
+    @functools.cached_property
+    def streaming(self) -> Any:
+        """``containerd.services.streaming.v1.Streaming``."""
+        from wharfd.api.services.streaming.v1 import streaming_pb2_grpc
+
+        return streaming_pb2_grpc.StreamingStub(self._channel)
+
+    @functools.cached_property
+    def containers(self) -> Any:
+        """``containerd.services.containers.v1.Containers``."""
+        from wharfd.api.services.containers.v1 import containers_pb2_grpc
+
+        return containers_pb2_grpc.ContainersStub(self._channel)
+
+    @functools.cached_property
+    def tasks(self) -> Any:
+        """``containerd.services.tasks.v1.Tasks``."""
+        from wharfd.api.services.tasks.v1 import tasks_pb2_grpc
+
+        return tasks_pb2_grpc.TasksStub(self._channel)

@@ -157,6 +157,7 @@ def _warn_deprecations(client: Client) -> None:
     elif raw:
         log.warning("failed to parse %s=%s", SUPPRESS_DEPRECATIONS_ENV, raw)
     from google.protobuf import empty_pb2
+
     from wharfd.runtime import errors
     from wharfd.runtime.client import describe
 

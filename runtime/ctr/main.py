@@ -30,7 +30,16 @@ NAMESPACE_ENV = "WHARF_NAMESPACE"
 GROUPS: tuple[str, ...] = (
     "plugins",
     "version",
+    "containers",
+    "content",
+    "events",
+    "images",
+    "leases",
     "namespaces",
+    "run",
+    "snapshots",
+    "tasks",
+    "oci",
     "info",
 )
 

@@ -93,6 +93,7 @@ def _remove_cgroup(name: str) -> None:
 
 def _label(args: argparse.Namespace) -> None:
     from google.protobuf import field_mask_pb2
+
     from wharfd.api.services.namespaces.v1 import namespace_pb2 as pb
 
     name, labels = commands.object_with_label_args(args.args)

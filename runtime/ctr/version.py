@@ -21,6 +21,7 @@ def register(subparsers: Subparsers) -> None:
 
 def _version(args: argparse.Namespace) -> None:
     from google.protobuf import empty_pb2
+
     from wharfd.runtime import version
 
     if args.extra:

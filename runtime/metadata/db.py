@@ -1,7 +1,7 @@
 """The SQLite metadata database: connection discipline and schema migrations.
 
 The database is one file, ``<root>/metadata.db`` (SQLite keeps ``-wal`` and
-``-shm`` beside it). Schema at version 5::
+``-shm`` beside it). Schema at version 6::
 
     schema_version                         one row per applied migration
     ├── version     INTEGER NOT NULL       the migration's number; the schema is at MAX(version)
@@ -62,6 +62,20 @@ The database is one file, ``<root>/metadata.db`` (SQLite keeps ``-wal`` and
     ├── namespace, lease_id                → leases, ON DELETE CASCADE
     ├── type        TEXT NOT NULL          content | ingests | images | snapshots/<snapshotter>
     └── id          TEXT NOT NULL          digest, ingest ref, image name or snapshot key
+
+    containers                             (v6) containerd containers: metadata only, no process
+    ├── namespace   TEXT NOT NULL          ┐ primary key
+    ├── id          TEXT NOT NULL          ┘ containerd identifier grammar
+    ├── labels      TEXT NOT NULL '{}'     JSON object; empty values are never stored
+    ├── image       TEXT NOT NULL ''       the image reference it was made from (informational)
+    ├── runtime_name TEXT NOT NULL         e.g. io.containerd.runc.v2
+    ├── runtime_options BLOB               serialized google.protobuf.Any, NULL when none
+    ├── spec        BLOB NOT NULL          serialized google.protobuf.Any (OCI spec: JSON value)
+    ├── snapshotter TEXT NOT NULL ''       ┐ the rootfs snapshot, kept from GC while set
+    ├── snapshot_key TEXT NOT NULL ''      ┘
+    ├── sandbox_id  TEXT NOT NULL ''
+    ├── extensions  TEXT NOT NULL '{}'     JSON {name: {"type_url": …, "value": <base64>}}
+    └── created_at, updated_at             RFC 3339 UTC
 
 Every later table (images, containers, leases, content labels, snapshots) has
 a ``namespace TEXT NOT NULL`` column. Deleting a namespace finds what it still
@@ -254,12 +268,38 @@ def _v5_leases(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v6_containers(conn: sqlite3.Connection) -> None:
+    # Protobuf Any values are stored serialized, as containerd's bolt store keeps them,
+    # so options and specs of any type round-trip byte for byte.
+    conn.execute(
+        """
+        CREATE TABLE containers (
+            namespace       TEXT NOT NULL,
+            id              TEXT NOT NULL,
+            labels          TEXT NOT NULL DEFAULT '{}',
+            image           TEXT NOT NULL DEFAULT '',
+            runtime_name    TEXT NOT NULL,
+            runtime_options BLOB,
+            spec            BLOB NOT NULL,
+            snapshotter     TEXT NOT NULL DEFAULT '',
+            snapshot_key    TEXT NOT NULL DEFAULT '',
+            sandbox_id      TEXT NOT NULL DEFAULT '',
+            extensions      TEXT NOT NULL DEFAULT '{}',
+            created_at      TEXT NOT NULL,
+            updated_at      TEXT NOT NULL,
+            PRIMARY KEY (namespace, id)
+        )
+        """
+    )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create namespaces", _v1_namespaces),
     Migration(2, "content blobs and ingests per namespace", _v2_content),
     Migration(3, "snapshots and their id sequences", _v3_snapshots),
     Migration(4, "images", _v4_images),
     Migration(5, "leases and their resources", _v5_leases),
+    Migration(6, "containers", _v6_containers),
 )
 
 

@@ -38,6 +38,7 @@ GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-i
 MAX_SOCKET_PATH = 106
 TASK_API_VERSION = 3
 ZYGOTE_START_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 30.0  # how long a full listen backlog is waited out
 OPTIONS_TYPE = "containerd.runc.v1.Options"
 # The folders under wharfd/runtime holding the code a shim runs: its own package and the
 # shared modules it imports (ttrpc; errors, mount, namespaces, version; the Mount type).
@@ -244,9 +245,7 @@ def _request(control: str, request: dict[str, object]) -> dict[str, object] | No
     """One request to the zygote; None if no zygote listens there."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(30)
-        try:
-            sock.connect(control)
-        except (FileNotFoundError, ConnectionRefusedError):
+        if not _connect(sock, control, CONNECT_TIMEOUT):
             return None
         sock.sendall(json.dumps(request).encode())
         sock.shutdown(socket.SHUT_WR)
@@ -295,11 +294,38 @@ def _tail(path: str) -> str:
     return lines[-1] if lines else "no log"
 
 
+def _connect(sock: socket.socket, path: str, timeout: float) -> bool:
+    """Connect ``sock`` to the unix socket ``path``; False if nothing listens there.
+
+    A socket with a timeout is non-blocking underneath, and a unix socket whose
+    listen backlog is full refuses such a connect with EAGAIN at once instead of
+    waiting: the listener is alive, only busy, so keep trying until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return True
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+        except BlockingIOError:
+            if time.monotonic() + delay > deadline:
+                raise errors.Unavailable(
+                    f"{path}: listen backlog still full after {timeout:g}s"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
 def _can_connect(path: str) -> bool:
+    """Whether something listens on ``path`` (a full backlog counts as listening)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(1.0)
         try:
             probe.connect(path)
+        except BlockingIOError:
+            return True
         except OSError:
             return False
         return True

@@ -45,6 +45,8 @@ from wharfd.runtime.shim import server  # imported here so forked children share
 IDLE_ENV = "WHARF_SHIM_ZYGOTE_IDLE"
 MAX_REQUEST = 1 << 20
 READY_TIMEOUT = 10.0
+# Pending launch requests: a burst of pod starts queues here (the kernel caps it at somaxconn).
+BACKLOG = 256
 
 
 class Zygote:
@@ -62,7 +64,7 @@ class Zygote:
             self.sock.bind(path)
         finally:
             os.umask(old_umask)
-        self.sock.listen(64)
+        self.sock.listen(BACKLOG)
         self.sock.settimeout(min(idle_seconds, 30.0))
 
     def serve(self) -> None:
@@ -178,6 +180,8 @@ def can_connect(path: str, timeout: float = 1.0) -> bool:
         probe.settimeout(timeout)
         try:
             probe.connect(path)
+        except BlockingIOError:
+            return True  # a full backlog: alive, only busy
         except OSError:
             return False
         return True

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from wharfd.runtime import errors, namespaces
 from wharfd.runtime import filters as filter_syntax
@@ -194,8 +195,15 @@ class NamespacedSnapshotter:
         """Create view ``key`` of committed ``parent``; return its read-only mounts."""
         return await self._create(Kind.VIEW, key, parent, labels)
 
-    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        """Make active ``key`` committed ``name``; labels are replaced, not inherited."""
+    async def commit(
+        self, name: str, key: str, labels: Mapping[str, str] | None = None, *, usage: Usage | None = None
+    ) -> None:
+        """Make active ``key`` committed ``name``; labels are replaced, not inherited.
+
+        ``usage``: the layer's size as the caller measured it already (the
+        unpacker measures a layer in its worker process, where the walk does
+        not compete with the event loop); by default it is measured here.
+        """
         _check_key(name, "name")
         _check_key(key)
         stored = _clean_labels(labels)
@@ -212,7 +220,8 @@ class NamespacedSnapshotter:
             return record
 
         record = await self._db.read(check)
-        usage = await asyncio.to_thread(self.backend.usage, record.id)
+        if usage is None:
+            usage = await asyncio.to_thread(self.backend.usage, record.id)
 
         def flip(conn: sqlite3.Connection) -> None:
             # Checked again: the snapshot may have changed while it was measured.
@@ -264,6 +273,20 @@ class NamespacedSnapshotter:
         except OSError as exc:
             # The record is gone and the key free again; cleanup retries the directory.
             log.warning("snapshotter %s: removed %s but not its directory: %s", self.name, key, exc)
+
+    async def adopt(self, key: str, source: Path, *, keep_root: bool = False) -> None:
+        """Make directory ``source`` the content of active ``key``, for backends with ``adopt``.
+
+        NotImplemented for backends that cannot (native copies its parent);
+        FailedPrecondition unless ``key`` is active.
+        """
+        adopt = getattr(self.backend, "adopt", None)
+        if adopt is None:
+            raise errors.NotImplemented(f"snapshotter {self.name} cannot adopt a directory as a layer")
+        record = await self._get(key)
+        if record.info.kind != Kind.ACTIVE:
+            raise errors.FailedPrecondition(f"snapshot {_quote(key)} is not active: cannot adopt into it")
+        await asyncio.to_thread(adopt, record.id, source, keep_root=keep_root)
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
         """Set labels by field path (``labels`` or ``labels.<key>``); no paths replaces all labels."""

@@ -97,6 +97,23 @@ class OverlayBackend:
         """Delete those of ``entries`` that belong to no id in ``keep``."""
         return self._layout.cleanup(entries, keep)
 
+    def adopt(self, sid: int, source: Path, *, keep_root: bool = False) -> None:
+        """Make directory ``source`` the upper dir of active ``sid`` in place of its empty one.
+
+        The unpacker extracts layers in parallel into directories of its own
+        and hands each over once its parent is committed; ``source`` must be
+        on this filesystem (a rename). With ``keep_root`` the tree's root takes
+        the owner and mode :meth:`create` gave the empty upper (the layer did
+        not say what its root looks like).
+        """
+        upper = self.upper(sid)
+        if keep_root:
+            st = os.stat(upper)
+            os.chown(source, st.st_uid, st.st_gid)
+            os.chmod(source, st.st_mode & 0o7777)
+        os.rmdir(upper)  # refuses (ENOTEMPTY) if anything was written into it
+        os.rename(source, upper)
+
     def upper(self, sid: int) -> Path:
         """``<root>/snapshots/<id>/fs``."""
         return self._layout.path(sid) / "fs"

@@ -171,3 +171,45 @@ def test_zygote_tag_covers_every_module_a_shim_runs() -> None:
     loaded = result.stdout.split()
     assert any(path.endswith("runtime/ttrpc/server.py") for path in loaded)
     assert {path for path in loaded if os.path.dirname(path) not in folders} == set()
+
+
+def test_connect_waits_out_a_full_listen_backlog(tmp_path: Path) -> None:
+    """A busy zygote (backlog full) is waited for, not taken for absent (EAGAIN at once)."""
+    import socket
+    import threading
+    import time
+
+    path = str(tmp_path / "busy.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(0)
+        queued = []
+        while True:  # fill the backlog
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                s.close()
+                break
+            queued.append(s)
+        assert launch._can_connect(path)  # full, yet alive
+
+        def drain() -> None:
+            time.sleep(0.2)
+            for _ in range(len(queued) + 1):
+                listener.accept()[0].close()
+
+        drainer = threading.Thread(target=drain)
+        drainer.start()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            started = time.monotonic()
+            assert launch._connect(sock, path, 10.0)
+            assert time.monotonic() - started >= 0.15
+        drainer.join()
+        for s in queued:
+            s.close()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # nothing listens any more
+        sock.settimeout(1)
+        assert not launch._connect(sock, path, 1.0)

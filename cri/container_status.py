@@ -1,0 +1,153 @@
+"""ContainerStatus and the CRI views of a container shared with ListContainers.
+
+Times are Unix nanoseconds; an EXITED container without a recorded reason
+gets ``Completed`` (exit code 0) or ``Error``. The image is reported as its
+first repo tag (else what the config named) with ``image_ref`` its first repo
+digest (else its ID), and ``image_id`` the ID, as containerd reports them.
+The user (uid, gid, supplemental groups) is read from the spec the
+container runs with. ``verbose`` adds ``info["info"]``: a JSON object with the
+keys crictl inspect shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+from typing import Any, cast
+
+from google.protobuf import json_format
+
+from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.api.types.runc.options import oci_pb2
+from wharfd.cri.store import Container, CriState
+from wharfd.runtime import errors
+from wharfd.runtime.metadata.containers import Container as Record
+from wharfd.runtime.oci import spec as oci
+from wharfd.runtime.oci.image_config import parse_signal
+
+REASON_COMPLETED = "Completed"
+REASON_ERROR = "Error"
+RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
+
+
+def reason_of(container: Container) -> str:
+    """The reason to report: the recorded one, else Completed/Error for an exited container."""
+    status = container.status
+    if status.reason or status.state() != cri.CONTAINER_EXITED:
+        return status.reason
+    return REASON_COMPLETED if status.exit_code == 0 else REASON_ERROR
+
+
+def to_cri_container(container: Container) -> cri.Container:
+    """The ``runtime.v1.Container`` of ListContainers."""
+    meta = container.metadata
+    return cri.Container(
+        id=container.id,
+        pod_sandbox_id=container.sandbox_id,
+        metadata=meta.config.metadata,
+        image=meta.config.image,
+        image_ref=meta.image_id,
+        image_id=meta.image_id,
+        state=container.status.state(),
+        created_at=container.status.created_at,
+        labels=dict(meta.config.labels),
+        annotations=dict(meta.config.annotations),
+    )
+
+
+def current_resources(container: Container) -> cri.LinuxContainerResources | None:
+    """The resources now in force: the last update's, else those the container was created with."""
+    if container.status.resources:
+        return cri.LinuxContainerResources.FromString(base64.b64decode(container.status.resources))
+    config = container.metadata.config
+    return config.linux.resources if config.linux.HasField("resources") else None
+
+
+def stop_signal_enum(name: str) -> cri.Signal:
+    """The CRI enum for a signal name or number (RUNTIME_DEFAULT when it has no enum value)."""
+    if not name:
+        return cri.RUNTIME_DEFAULT
+    try:
+        return cast("cri.Signal", cri.Signal.Value(signal.Signals(parse_signal(name)).name))
+    except (errors.InvalidArgument, ValueError):
+        return cri.RUNTIME_DEFAULT
+
+
+def _user(spec: oci.Spec) -> cri.ContainerUser:
+    user = (spec.get("process") or {}).get("user") or {}
+    return cri.ContainerUser(
+        linux=cri.LinuxContainerUser(
+            uid=int(user.get("uid", 0)),
+            gid=int(user.get("gid", 0)),
+            supplemental_groups=[int(g) for g in user.get("additionalGids") or []],
+        )
+    )
+
+
+async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, str]:
+    config_image = container.metadata.config.image
+    try:
+        image = await state.catalog.find(container.metadata.image_id)
+    except errors.NotFound:
+        return config_image, container.metadata.image_id
+    spec = cri.ImageSpec()
+    spec.CopyFrom(config_image)
+    if image.repo_tags:
+        spec.image = image.repo_tags[0]
+    return spec, (image.repo_digests or [container.metadata.image_id])[0]
+
+
+async def container_status(
+    state: CriState, request: cri.ContainerStatusRequest
+) -> cri.ContainerStatusResponse:
+    """Handle ContainerStatus (NotFound for an unknown id)."""
+    container = state.containers.get(request.container_id)
+    record = await state.meta.get(container.id)
+    spec = oci.from_any(record.spec) if record.spec is not None else {}
+    image, image_ref = await _image(state, container)
+    meta, status = container.metadata, container.status
+    out = cri.ContainerStatus(
+        id=container.id,
+        metadata=meta.config.metadata,
+        state=status.state(),
+        created_at=status.created_at,
+        started_at=status.started_at,
+        finished_at=status.finished_at,
+        exit_code=status.exit_code,
+        image=image,
+        image_ref=image_ref,
+        image_id=meta.image_id,
+        reason=reason_of(container),
+        message=status.message,
+        labels=dict(meta.config.labels),
+        annotations=dict(meta.config.annotations),
+        mounts=list(meta.config.mounts),
+        log_path=meta.log_path,
+        user=_user(spec),
+        stop_signal=stop_signal_enum(meta.stop_signal),
+    )
+    resources = current_resources(container)
+    if resources is not None:
+        out.resources.linux.CopyFrom(resources)
+    info = {"info": json.dumps(verbose_info(state, container, record, spec))} if request.verbose else {}
+    return cri.ContainerStatusResponse(status=out, info=info)
+
+
+def verbose_info(state: CriState, container: Container, record: Record, spec: oci.Spec) -> dict[str, Any]:
+    """What ``crictl inspect`` shows under ``info``."""
+    options: Any = {}
+    if record.runtime_options is not None and record.runtime_options.type_url.endswith(RUNC_OPTIONS_TYPE_URL):
+        parsed = oci_pb2.Options.FromString(record.runtime_options.value)
+        options = json_format.MessageToDict(parsed)
+    return {
+        "sandboxID": container.sandbox_id,
+        "pid": container.status.pid,
+        "removing": container.status.removing,
+        "snapshotKey": container.metadata.snapshot_key,
+        "snapshotter": container.metadata.snapshotter,
+        "runtimeType": record.runtime_name,
+        "runtimeOptions": options,
+        "config": json_format.MessageToDict(container.metadata.config),
+        "runtimeSpec": spec,
+    }

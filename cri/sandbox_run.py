@@ -1,0 +1,335 @@
+"""RunPodSandbox: a pod's name, network, files, pause container and task, all or nothing.
+
+The steps, each registering its undo on an :class:`contextlib.AsyncExitStack`
+right where it allocates, so a failure (or the caller going away) undoes the
+rest in reverse order — task, record, snapshot, files, CNI DEL, netns, name:
+
+1. validate the metadata and the runtime handler, and compute the CNI
+   capability arguments (a bad bandwidth annotation fails here, before any work);
+2. reserve ``<name>_<namespace>_<uid>_<attempt>`` (AlreadyExists names the holder);
+3. make sure the sandbox image is here (pulled and pinned when absent; an
+   imported image is used as is, so offline nodes never touch a registry);
+4. unless the pod uses the node's network: a pinned netns, then CNI ADD;
+5. hostname / hosts / resolv.conf / shm (:mod:`wharfd.cri.sandbox_files`);
+6. the containerd container record (kind ``sandbox``, CRI metadata in an
+   extension), then its snapshot on the image's chain id — in that order so
+   the record holds the snapshot against garbage collection from the start;
+7. the task, through the task manager with the handler's runtime, started;
+8. the status file (READY) and the in-memory stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.api.types import mount_pb2
+from wharfd.api.types.task import task_pb2
+from wharfd.cni import netns
+from wharfd.cri import network, sandbox_files, sandbox_spec
+from wharfd.cri.recovery import apply_exit
+from wharfd.cri.sandbox_stop import kill_and_reap
+from wharfd.cri.store import (
+    CriState,
+    Runtime,
+    SandboxMetadata,
+    SandboxState,
+    SandboxStatus,
+    new_id,
+    now_ns,
+    runtime_for,
+    sandbox_name,
+    sandbox_record,
+)
+from wharfd.cri.store import in_k8s_namespace as _k8s
+from wharfd.runtime import errors, mount, namespaces
+from wharfd.runtime.oci import spec as ocispec
+from wharfd.runtime.oci import users
+from wharfd.runtime.oci.image_config import RunConfig
+from wharfd.runtime.snapshots.snapshotter import Mount
+from wharfd.runtime.tasks.manager import CreateRequest
+from wharfd.runtime.tasks.task import IO
+
+log = logging.getLogger("wharfd.cri.sandbox")
+
+_SNAPSHOT_LABEL_PREFIX = "containerd.io/snapshot/"
+_NUMERIC_USER = re.compile(r"^\d+:\d+$")
+
+
+def validate(config: cri.PodSandboxConfig) -> None:
+    """InvalidArgument naming the first missing metadata field."""
+    if not config.HasField("metadata"):
+        raise errors.InvalidArgument("sandbox config must include metadata")
+    meta = config.metadata
+    for field in ("name", "uid", "namespace"):
+        if not getattr(meta, field):
+            raise errors.InvalidArgument(f"sandbox config metadata.{field} must be set")
+    if meta.attempt < 0:
+        raise errors.InvalidArgument("sandbox config metadata.attempt must not be negative")
+
+
+def netns_dir(state: CriState) -> Path:
+    """Where pod netns are pinned: /var/run/netns, or ``<state>/netns`` with netns_mounts_under_state_dir."""
+    if state.config.get("netns_mounts_under_state_dir"):
+        return state.state_dir / "netns"
+    return netns.DEFAULT_DIR
+
+
+async def run_pod_sandbox(state: CriState, request: cri.RunPodSandboxRequest) -> cri.RunPodSandboxResponse:
+    """Answer RunPodSandbox; READY on success, nothing left behind on failure."""
+    config = request.config
+    validate(config)
+    runtime = runtime_for(state.config, request.runtime_handler)
+    if not network.host_network(config):
+        network.capability_args(config)  # validates the bandwidth annotations up front
+    run = _Run(state, contextlib.AsyncExitStack(), new_id(), config, runtime, request.runtime_handler)
+    name = sandbox_name(config.metadata)
+    async with run.undo:
+        state.sandbox_names.reserve(name, run.id)
+        run.undo.callback(state.sandbox_names.release, name)
+        await run.run(name)
+        run.undo.pop_all()  # success: keep everything
+    log.info("RunPodSandbox %s (%s) ready", name, run.id)
+    return cri.RunPodSandboxResponse(pod_sandbox_id=run.id)
+
+
+@dataclass
+class _Run:
+    """One RunPodSandbox call: what it works on, and the undo stack of what it did so far."""
+
+    state: CriState
+    undo: contextlib.AsyncExitStack
+    id: str
+    config: cri.PodSandboxConfig
+    runtime: Runtime
+    handler: str
+
+    def later(self, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
+        """Register an undo step that logs its own failure, so the remaining steps still run."""
+
+        async def step() -> None:
+            try:
+                # Shielded: a caller that went away must not cut the clean-up short.
+                await asyncio.shield(fn())
+            except Exception as exc:
+                log.warning("RunPodSandbox %s rollback: %s: %s", self.id, what, exc)
+
+        self.undo.push_async_callback(step)
+
+    async def run(self, name: str) -> None:
+        """Every step after the name reservation."""
+        state, config = self.state, self.config
+        image = await ensure_sandbox_image(state, self.handler)
+        run_config = RunConfig.from_json(
+            (image.config or {}).get("config"), what="sandbox image config.config"
+        )
+        netns_path, ip, extra_ips, cni_result = await self.network()
+        root, vol = state.sandbox_root(self.id), state.sandbox_state_dir(self.id)
+        self.later("sandbox files", lambda: asyncio.to_thread(sandbox_files.remove, root, vol, config))
+        await asyncio.to_thread(sandbox_files.setup, root, vol, config)
+        snapshotter_name = self.runtime.snapshotter or _default_snapshotter(state)
+        meta = SandboxMetadata(
+            id=self.id,
+            name=name,
+            config=config,
+            runtime_handler=self.handler,
+            runtime_type=self.runtime.type,
+            netns_path=netns_path,
+            ip=ip,
+            additional_ips=tuple(extra_ips),
+            cni_result=cni_result,
+            image=image.id,
+            snapshotter=snapshotter_name,
+        )
+        userstr = sandbox_spec.user_string(config, run_config)
+        spec_input = self.spec_input(run_config, netns_path, _numeric_user(userstr))
+        spec = sandbox_spec.generate(spec_input)
+        await self.create_record(meta, spec, {**run_config.labels, **config.labels})
+        mounts = await self.prepare_snapshot(snapshotter_name, image.chain_id)
+        if userstr and spec_input.user is None:
+            resolved = await asyncio.to_thread(_resolve_user, userstr, mounts, image.id)
+            spec = sandbox_spec.generate(replace(spec_input, user=resolved))
+            with _k8s():
+                record = await state.meta.get(self.id)
+                await state.meta.update(replace(record, spec=ocispec.to_any(spec)), ["spec"])
+        pid = await self.start_task(spec, mounts)
+        with _k8s():
+            created = (await state.meta.get(self.id)).created_at
+        status = SandboxStatus(
+            state=SandboxState.READY.value,
+            pid=pid,
+            created_at=int(created.timestamp() * 1e9) if created else now_ns(),
+        )
+        sandbox = state.new_sandbox(meta, status)
+        await sandbox.update()
+        state.sandboxes.add(sandbox)
+        await _catch_early_exit(state, self.id)
+
+    def spec_input(
+        self, image: RunConfig, netns_path: str, user: tuple[int, int, tuple[int, ...]] | None
+    ) -> sandbox_spec.SandboxSpecInput:
+        """What the pause container's spec is built from."""
+        cfg = self.state.config
+        return sandbox_spec.SandboxSpecInput(
+            id=self.id,
+            config=self.config,
+            image=image,
+            image_name=_sandbox_image(self.state),
+            netns_path=netns_path,
+            shm_path=sandbox_files.shm_path(self.state.sandbox_state_dir(self.id), self.config),
+            resolv_path=str(sandbox_files.resolv_path(self.state.sandbox_root(self.id))),
+            systemd_cgroup=self.runtime.systemd_cgroup,
+            pod_annotations=self.runtime.pod_annotations,
+            enable_unprivileged_ports=bool(cfg.get("enable_unprivileged_ports", True)),
+            enable_unprivileged_icmp=bool(cfg.get("enable_unprivileged_icmp", True)),
+            restrict_oom_score_adj=bool(cfg.get("restrict_oom_score_adj", False)),
+            unset_seccomp_profile=str(cfg.get("unset_seccomp_profile") or ""),
+            user=user,
+        )
+
+    async def network(self) -> tuple[str, str, list[str], dict[str, Any] | None]:
+        """(netns path, ip, additional ips, CNI result) — all empty for a host-network pod."""
+        state, config = self.state, self.config
+        if network.host_network(config):
+            return "", "", [], None
+        cni = state.cni
+        if cni is None:
+            raise errors.FailedPrecondition("cni config not initialized: pod networking is not available")
+        path = await network.create_netns(f"cni-{self.id[:32]}", netns_dir(state))
+        self.later("netns", lambda: netns.remove(path))
+        # DEL is registered before ADD: a failed ADD may still have allocated an address.
+        self.later("CNI DEL", lambda: network.teardown(cni, self.id, str(path), config))
+        attached = await network.setup(cni, self.id, str(path), config)
+        ip, extra = network.pod_ips(attached, str((state.config.get("cni") or {}).get("ip_pref") or ""))
+        if not ip:
+            raise errors.Unavailable(
+                f"sandbox {self.id}: the CNI result has no IP for {network.DEFAULT_IFNAME}"
+            )
+        return str(path), ip, extra, network.result_summary(attached)
+
+    async def create_record(self, meta: SandboxMetadata, spec: ocispec.Spec, labels: dict[str, str]) -> None:
+        """The containerd container record; it holds the snapshot (same key) against GC."""
+        record = sandbox_record(
+            meta,
+            spec=ocispec.to_any(spec),
+            runtime=self.runtime.type,
+            options=self.runtime.options,
+            snapshot_key=self.id,
+            labels=labels,
+        )
+        with _k8s():
+            await self.state.meta.create(record)
+        self.later("container record", lambda: _in_k8s(self.state.meta.delete(self.id)))
+
+    async def prepare_snapshot(self, snapshotter_name: str, chain_id: str) -> list[Mount]:
+        """The pause container's writable rootfs on the image's chain id."""
+        snapshotter = self.state.snapshotters.get(snapshotter_name)
+        if snapshotter is None:
+            raise errors.FailedPrecondition(f'snapshotter "{snapshotter_name}" for the sandbox is not loaded')
+        labels = {k: v for k, v in self.config.annotations.items() if k.startswith(_SNAPSHOT_LABEL_PREFIX)}
+        self.later("snapshot", lambda: _in_k8s(snapshotter.remove(self.id)))
+        with _k8s():
+            try:
+                mounts: list[Mount] = await snapshotter.prepare(self.id, parent=chain_id, labels=labels)
+            except errors.NotFound as exc:
+                raise errors.FailedPrecondition(
+                    f'sandbox image is not unpacked in snapshotter "{snapshotter_name}": {exc}'
+                ) from exc
+        return mounts
+
+    async def start_task(self, spec: ocispec.Spec, mounts: list[Mount]) -> int:
+        """Create the pause task with the handler's runtime and start it; its pid."""
+        request = CreateRequest(
+            spec_json=ocispec.to_json(spec),
+            runtime=self.runtime.type,
+            runtime_path=self.runtime.path,
+            options=self.runtime.options,
+            rootfs=[
+                mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
+                for m in mounts
+            ],
+            io=IO(),  # the pause process needs no stdio
+        )
+        task = await self.state.tasks.create(self.id, request, namespaces.K8S)
+        self.later("task", lambda: kill_and_reap(self.state, self.id))
+        return int(await task.start())
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+def _default_snapshotter(state: CriState) -> str:
+    return str((state.config.get("containerd") or {}).get("snapshotter") or "overlayfs")
+
+
+def _sandbox_image(state: CriState) -> str:
+    return str(state.config.get("sandbox_image") or "registry.k8s.io/pause:3.10")
+
+
+async def ensure_sandbox_image(state: CriState, handler: str = "") -> Any:
+    """The sandbox image (a CriImage): the local one if present, else pulled (and pinned) now."""
+    name = _sandbox_image(state)
+    with _k8s():
+        try:
+            return await state.catalog.find(name)
+        except errors.NotFound:
+            pass
+        if state.puller is None:
+            raise errors.FailedPrecondition(
+                f'sandbox image "{name}" is not present and pulling is not available'
+            )
+        log.info("sandbox image %s not present; pulling it", name)
+        try:
+            image_id = await state.puller.pull(name, runtime_handler=handler)
+        except errors.WharfError as exc:
+            raise type(exc)(f'failed to get sandbox image "{name}": {exc}') from exc
+        return await state.catalog.find(image_id)
+
+
+async def _catch_early_exit(state: CriState, sandbox_id: str) -> None:
+    """A pause process that died before the pod was stored had its exit event ignored: apply it now."""
+    task = state.task(sandbox_id)
+    if task is None:
+        return
+    try:
+        proc = await task.state()
+    except errors.WharfError:
+        return  # its shim is going away: the exit event follows
+    if proc.status == task_pb2.STOPPED:
+        await apply_exit(state, sandbox_id, proc.exit_status, proc.exited_at.ToNanoseconds())
+
+
+# --- the user, when the image names one ---------------------------------------------------------
+
+
+def _numeric_user(userstr: str) -> tuple[int, int, tuple[int, ...]] | None:
+    if not userstr:
+        return (0, 0, ())
+    if _NUMERIC_USER.match(userstr):
+        uid, gid = (int(x) for x in userstr.split(":"))
+        return (uid, gid, ())
+    return None  # needs the image's /etc/passwd and /etc/group
+
+
+def _resolve_user(userstr: str, mounts: list[Mount], image: str) -> tuple[int, int, tuple[int, ...]]:
+    """Mount the new rootfs briefly (blocking) and look ``userstr`` up in it."""
+    with tempfile.TemporaryDirectory(prefix="wharfd-sandbox-user-") as target:
+        mount.mount_all(mounts, target)
+        try:
+            user = users.resolve(userstr, target, image=image)
+        finally:
+            mount.unmount_all(target, mount.MNT_DETACH)
+    return (user.uid, user.gid, tuple(user.additional_gids))
+
+
+async def _in_k8s(aw: Awaitable[Any]) -> Any:
+    with _k8s():
+        return await aw
