@@ -12,23 +12,23 @@ and these capability arguments (``runtimeConfig``), each only to plugins that de
 DEL repeats the same arguments, so a plugin sees what it saw at ADD. Like
 containerd (go-cni's loopback network), every pod also gets the ``loopback``
 plugin on ``lo`` before the configured networks.
+
+Pod netns come from :mod:`wharfd.cni.netns` (a short-lived thread that
+unshares and pins its own netns; no fork of this many-threaded daemon).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import ctypes
 import ipaddress
-import os
 import re
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cni import config as cniconfig
+from wharfd.cni import netns
 from wharfd.cni import network as cninet
 from wharfd.cni.manager import Attached, CniManager, Settings
 from wharfd.runtime import errors
@@ -45,60 +45,9 @@ _MAX_BANDWIDTH = 10**15
 CNI_TIMEOUT = 60.0
 
 
-_CLONE_NEWNET = 0x40000000
-_MS_BIND = 0x1000
-
-
-def _pin_new_netns(path: Path) -> None:
-    """In a thread of its own: move it to a new netns and bind that onto ``path``. Blocking.
-
-    Only the calling thread changes namespace, and the thread ends right after,
-    so nothing else ever runs there. No fork: forking this many-threaded daemon
-    to run Python in the child (pyroute2's way) crashes now and then.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    try:
-        if libc.unshare(_CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
-        source = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
-        if libc.mount(source, str(path).encode(), b"none", _MS_BIND, None) != 0:
-            raise OSError(ctypes.get_errno(), f"bind mount of the new netns on {path}")
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
 async def create_netns(name: str, directory: Path) -> Path:
     """A new network namespace pinned at ``directory/name`` (Unavailable naming the path on failure)."""
-    path = directory / name
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def work() -> None:
-        try:
-            _pin_new_netns(path)
-        except BaseException as exc:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(_settle, done, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, None)
-
-    threading.Thread(target=work, name=f"netns-{name}", daemon=True).start()
-    try:
-        await done
-    except OSError as exc:
-        raise errors.Unavailable(f"network namespace {path}: {exc.strerror or exc}") from exc
-    return path
-
-
-def _settle(future: asyncio.Future[None], exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is None:
-        future.set_result(None)
-    else:
-        future.set_exception(exc)
+    return await netns.create(name, directory=directory)
 
 
 def manager_from_config(section: Mapping[str, Any], cache_dir: Path) -> CniManager:

@@ -110,7 +110,7 @@ async def _recover_sandbox(state: CriState, rec: Record) -> None:
             status = replace(
                 status, state=SandboxState.NOTREADY.value, exited_at=now_ns(), exit_status=exit_status, pid=0
             )
-        await _delete_task(state, meta.id)
+        await delete_task(state, meta.id)
     sandbox = state.new_sandbox(meta, status)
     await sandbox.update()
     state.sandbox_names.reserve(meta.name, meta.id)
@@ -215,7 +215,7 @@ async def apply_exit(
     """Apply the exit of pod or container ``id``'s init process: task deleted, status updated (once)."""
     exited_at = exited_at or now_ns()
     if (sandbox := state.sandboxes.find(id)) is not None and sandbox.id == id:
-        await _delete_task(state, id)
+        await delete_task(state, id)
         if sandbox.status.sandbox_state is SandboxState.READY or not sandbox.status.exited_at:
             await sandbox.update(
                 state=SandboxState.NOTREADY.value, exited_at=exited_at, exit_status=exit_status, pid=0
@@ -225,7 +225,7 @@ async def apply_exit(
     container = state.containers.find(id)
     if container is None or container.id != id:
         return
-    await _delete_task(state, id)
+    await delete_task(state, id)
     io = state.ios.get(id)
     if io is not None:
         # The shim has closed its FIFO ends: let the last lines reach the log before EXITED shows.
@@ -236,13 +236,26 @@ async def apply_exit(
     container.exited.set()
 
 
-async def _delete_task(state: CriState, id: str) -> None:
-    task = state.task(id)
-    if task is None:
-        return
+async def delete_task(state: CriState, id: str) -> None:
+    """Delete the task of pod or container ``id`` if there is one; concurrent callers share one deletion.
+
+    Sharing matters: the exit monitor and StopPodSandbox both delete the pause
+    task, and Stop must not return while the monitor's deletion is still running.
+    """
+    pending = state.task_deletions.get(id)
+    if pending is None:
+        if state.task(id) is None:
+            return
+        pending = asyncio.get_running_loop().create_task(_delete(state, id))
+        state.task_deletions[id] = pending
+        pending.add_done_callback(lambda _: state.task_deletions.pop(id, None))
+    await asyncio.shield(pending)
+
+
+async def _delete(state: CriState, id: str) -> None:
     try:
         await state.tasks.delete(id, namespaces.K8S)
     except errors.NotFound:
         pass
     except errors.WharfError as exc:
-        log.warning("cri: deleting exited task %s: %s", id, exc)
+        log.warning("cri: deleting the task of %s: %s", id, exc)

@@ -16,7 +16,8 @@ import logging
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cri import sandbox_files
 from wharfd.cri.container_remove import remove_container
-from wharfd.cri.sandbox_stop import delete_task, stop_sandbox
+from wharfd.cri.recovery import delete_task
+from wharfd.cri.sandbox_stop import stop_sandbox
 from wharfd.cri.store import CriState, Sandbox, in_k8s_namespace
 from wharfd.runtime import errors
 

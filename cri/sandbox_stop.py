@@ -19,15 +19,14 @@ from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cni import netns
 from wharfd.cri import network, sandbox_files
 from wharfd.cri.container_stop import stop_container
-from wharfd.cri.recovery import apply_exit
+from wharfd.cri.recovery import apply_exit, delete_task
 from wharfd.cri.store import (
     UNKNOWN_EXIT_CODE,
     CriState,
     Sandbox,
     SandboxState,
-    in_k8s_namespace,
 )
-from wharfd.runtime import errors, namespaces
+from wharfd.runtime import errors
 
 log = logging.getLogger("wharfd.cri.sandbox")
 
@@ -80,19 +79,6 @@ async def kill_and_reap(state: CriState, task_id: str) -> None:
     # The exit monitor does the same on /tasks/exit; whichever runs second finds it done.
     await apply_exit(state, task_id, status, at)
     await delete_task(state, task_id)
-
-
-async def delete_task(state: CriState, task_id: str) -> None:
-    """Delete a task if it is still there; a concurrent deletion (or a closing shim) is not an error."""
-    if state.task(task_id) is None:
-        return
-    try:
-        with in_k8s_namespace():
-            await state.tasks.delete(task_id, namespaces.K8S)
-    except errors.NotFound:
-        pass
-    except errors.WharfError as exc:
-        log.warning("task %s: delete: %s", task_id, exc)
 
 
 async def _stop_pause(state: CriState, sandbox: Sandbox) -> None:

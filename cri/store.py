@@ -259,6 +259,8 @@ class CriState:
     container_names: NameRegistrar = field(default_factory=lambda: NameRegistrar("container name"))
     # Container id -> wharfd.cri.container_io.ContainerIO: the stdio copies of started containers.
     ios: dict[str, Any] = field(default_factory=dict)
+    # Task deletions in flight, by id (wharfd.cri.recovery.delete_task joins them).
+    task_deletions: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def sandbox_root(self, id: str) -> Path:
         """Persistent directory of a pod (hostname, hosts, resolv.conf, status)."""

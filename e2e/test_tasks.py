@@ -70,11 +70,7 @@ def runtime(request: pytest.FixtureRequest) -> str:
 
 
 # Known gaps of containerd-shim-wharf-v2 (runtime/shim), found by these tests; drop an entry once fixed.
-OUR_SHIM_GAPS = {
-    "test_memory_limit_oom": "shim publishes no /tasks/oom on cgroup v1 (the exit is handled before the eventfd fires)",
-    "test_fifty_concurrent": "shim start fails with EAGAIN when the zygote's listen backlog is full "
-    "(launch._request connects with a timeout, so a full backlog is not waited for)",
-}
+OUR_SHIM_GAPS: dict[str, str] = {}
 
 
 @pytest.fixture(autouse=True)

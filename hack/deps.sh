@@ -40,6 +40,12 @@ echo "==> pip install -e .${EXTRAS}"
 .venv/bin/python -m pip install -q -e ".${EXTRAS}" --config-settings editable_mode=strict 2>&1 \
   | grep -v -E '^\s*$|!!|\*{10}|wheel_obj|SetuptoolsDeprecationWarning|^\s+(Please|See|By|Mode|This|Because|Note|More)' || true
 
+# Debian puts the CNI plugins in /usr/lib/cni; the default bin_dir is /opt/cni/bin.
+if [ -d /usr/lib/cni ] && [ -z "$(ls -A /opt/cni/bin 2>/dev/null)" ]; then
+  mkdir -p /opt/cni/bin
+  for plugin in /usr/lib/cni/*; do ln -sf "$plugin" /opt/cni/bin/; done
+fi
+
 # Console scripts on PATH, so the runtime manager finds our shim by name and
 # users can type `wharf`.
 for bin in wharfd wharf containerd-shim-wharf-v2; do

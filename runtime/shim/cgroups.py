@@ -228,6 +228,7 @@ class OomWatcher:
         self._on_oom = on_oom
         self._fds: dict[str, int] = {}
         self._kills: dict[str, int] = {}
+        self._memory: dict[str, tuple[str, bool]] = {}  # memory cgroup dir, unified?
 
     def add(self, container_id: str, cgroup: Cgroup) -> None:
         """Start watching the memory cgroup of ``container_id`` (no-op if it has none)."""
@@ -236,14 +237,42 @@ class OomWatcher:
             return
         fd = self._register_v2(memory) if cgroup.unified else self._register_v1(memory)
         self._fds[container_id] = fd
-        self._kills[container_id] = _flat(f"{memory}/memory.events").get("oom_kill", 0)
+        self._memory[container_id] = (memory, cgroup.unified)
+        self._kills[container_id] = _oom_kills(memory, cgroup.unified) or 0
         loop = asyncio.get_running_loop()
         loop.add_reader(fd, self._fired, container_id, memory, fd, cgroup.unified)
+
+    def flush(self, container_id: str) -> None:
+        """Report an OOM kill the kernel signalled but the event loop has not dispatched yet.
+
+        Called before a process's exit is published, so TaskOOM comes first (as
+        containerd orders them) even when the exit is handled, and the watcher
+        removed, before the eventfd's wake-up reaches the loop; on v1 the kill
+        counter also catches kills the eventfd was never signalled for.
+        """
+        fd = self._fds.get(container_id)
+        if fd is None:
+            return
+        memory, unified = self._memory[container_id]
+        if unified:
+            self._fired(container_id, memory, fd, unified)
+            return
+        try:
+            signalled = int.from_bytes(os.read(fd, 8), "little") > 0
+        except BlockingIOError:
+            signalled = False
+        kills = _oom_kills(memory, unified)
+        if kills is not None:  # the kernel counts kills (4.13+): trust the counter
+            signalled = kills > self._kills.get(container_id, 0)
+            self._kills[container_id] = max(kills, self._kills.get(container_id, 0))
+        if signalled:
+            self._on_oom(container_id)
 
     def remove(self, container_id: str) -> None:
         """Stop watching ``container_id``."""
         fd = self._fds.pop(container_id, None)
         self._kills.pop(container_id, None)
+        self._memory.pop(container_id, None)
         if fd is not None:
             asyncio.get_running_loop().remove_reader(fd)
             os.close(fd)
@@ -283,12 +312,23 @@ class OomWatcher:
         if not os.path.exists(memory):  # the cgroup went away (that wakes the eventfd too)
             self.remove(container_id)
             return
-        if unified:
-            kills = _flat(f"{memory}/memory.events").get("oom_kill", 0)
-            if kills <= self._kills.get(container_id, 0):
-                return
-            self._kills[container_id] = kills
+        kills = _oom_kills(memory, unified)
+        # v2 always, v1 where the kernel counts kills: no new kill, no event (this also drops
+        # the late wake-up of an OOM flush() already reported). A v1 cgroup with the OOM
+        # killer disabled counts none but sits under_oom.
+        stale = kills is not None and kills <= self._kills.get(container_id, 0)
+        if stale and (unified or not _flat(f"{memory}/memory.oom_control").get("under_oom")):
+            return
+        if kills is not None:
+            self._kills[container_id] = max(kills, self._kills.get(container_id, 0))
         self._on_oom(container_id)
+
+
+def _oom_kills(memory: str, unified: bool) -> int | None:
+    """The cgroup's OOM kill counter; None where the kernel keeps none (v1 before 4.13)."""
+    values = _flat(f"{memory}/memory.events" if unified else f"{memory}/memory.oom_control")
+    kills = values.get("oom_kill")
+    return None if kills is None and not unified else int(kills or 0)
 
 
 @functools.cache

@@ -173,12 +173,16 @@ def socket_path(socket_dir: str, grpc_address: str, namespace: str, group: str) 
     return path
 
 
-def control_path(socket_dir: str) -> str:
-    """The zygote's control socket for this interpreter and this version of the shim code."""
+def control_path(socket_dir: str, executable: str = "") -> str:
+    """The zygote's control socket for this interpreter and this version of the shim code.
+
+    ``executable``: the interpreter as the shim binary names it (default ``sys.executable``),
+    for a daemon addressing the zygote of a ``start`` it does in-process.
+    """
     package_dir = os.path.dirname(os.path.abspath(__file__))
     runtime_dir = os.path.dirname(package_dir)
     stamp = max(_newest(os.path.join(runtime_dir, d)) for d in CODE_DIRS)
-    tag = hashlib.sha256(f"{sys.executable}\0{package_dir}\0{stamp}".encode()).hexdigest()[:12]
+    tag = hashlib.sha256(f"{executable or sys.executable}\0{package_dir}\0{stamp}".encode()).hexdigest()[:12]
     return os.path.join(socket_dir, f"wharf-zygote-{tag}.sock")
 
 
@@ -198,26 +202,63 @@ def start(flags: Flags, stdin: bytes) -> bytes:
     bundle = flags.bundle or os.getcwd()
     socket_dir = boot.socket_dir if boot.socket_dir is not None else DEFAULT_SOCKET_DIR
     path = socket_path(socket_dir, flags.address, flags.namespace, group_id(bundle, flags.id))
-    if not _can_connect(path):
-        request = {
-            "id": flags.id,
-            "namespace": flags.namespace,
-            "bundle": bundle,
-            "socket_path": path,
-            "grpc_address": flags.address,
-            "ttrpc_address": os.environ.get("TTRPC_ADDRESS") or boot.ttrpc_address,
-            "debug": flags.debug,
-            "options": binascii.b2a_base64(boot.options, newline=False).decode(),
-            "env": dict(os.environ),
-            "oom_score_adj": _oom_score_adj(),
-        }
-        _ask_zygote(socket_dir, request)
+    request = launch_request(
+        flags,
+        bundle=bundle,
+        socket_path=path,
+        ttrpc_address=os.environ.get("TTRPC_ADDRESS") or boot.ttrpc_address,
+        options=boot.options,
+        env=dict(os.environ),
+    )
+    ensure_shim(socket_dir, request)
+    address = write_address(bundle, path)
+    if not boot.sent:
+        return address.encode()
+    return bootstrap_result(address)
+
+
+def launch_request(
+    flags: Flags, *, bundle: str, socket_path: str, ttrpc_address: str, options: bytes, env: dict[str, str]
+) -> dict[str, object]:
+    """What the zygote needs to fork a shim serving ``socket_path`` (a server.Launch, as JSON)."""
+    return {
+        "id": flags.id,
+        "namespace": flags.namespace,
+        "bundle": bundle,
+        "socket_path": socket_path,
+        "grpc_address": flags.address,
+        "ttrpc_address": ttrpc_address,
+        "debug": flags.debug,
+        "options": binascii.b2a_base64(options, newline=False).decode(),
+        "env": env,
+        "oom_score_adj": _oom_score_adj(),
+    }
+
+
+def ensure_shim(
+    socket_dir: str, request: dict[str, object], *, start_zygote: bool = True, executable: str = ""
+) -> bool:
+    """Make sure a shim serves ``request["socket_path"]``: an existing one, or one the zygote forks.
+
+    False (nothing done) if no zygote runs and ``start_zygote`` is off: the daemon's
+    in-process start then falls back to exec'ing ``start``, which starts one.
+    """
+    if _can_connect(str(request["socket_path"])):
+        return True
+    return _ask_zygote(socket_dir, request, start_zygote, executable)
+
+
+def write_address(bundle: str, path: str) -> str:
+    """Record the shim's address in ``<bundle>/address`` (best effort) and return it."""
     address = "unix://" + path
     with contextlib.suppress(OSError), open(os.path.join(bundle, "address"), "w", encoding="utf-8") as f:
         f.write(address)
-    if not boot.sent:
-        return address.encode()
-    return wire.encode((1, TASK_API_VERSION), (2, address), (3, "ttrpc"))  # BootstrapResult
+    return address
+
+
+def bootstrap_result(address: str) -> bytes:
+    """The BootstrapResult ``start`` answers a bootstrap-speaking daemon with."""
+    return wire.encode((1, TASK_API_VERSION), (2, address), (3, "ttrpc"))
 
 
 def _oom_score_adj() -> int | None:
@@ -228,17 +269,20 @@ def _oom_score_adj() -> int | None:
         return None
 
 
-def _ask_zygote(socket_dir: str, request: dict[str, object]) -> None:
+def _ask_zygote(socket_dir: str, request: dict[str, object], start_zygote: bool, executable: str) -> bool:
     os.makedirs(socket_dir, mode=0o711, exist_ok=True)
-    control = control_path(socket_dir)
+    control = control_path(socket_dir, executable)
     reply = _request(control, request)
     if reply is None:
+        if not start_zygote:
+            return False
         _start_zygote(control)
         reply = _request(control, request)
     if reply is None:
         raise errors.Unavailable(f"shim zygote at {control} does not answer")
     if "error" in reply:
         raise errors.WharfError(f"shim zygote: {reply['error']}")
+    return True
 
 
 def _request(control: str, request: dict[str, object]) -> dict[str, object] | None:
@@ -311,9 +355,7 @@ def _connect(sock: socket.socket, path: str, timeout: float) -> bool:
             return False
         except BlockingIOError:
             if time.monotonic() + delay > deadline:
-                raise errors.Unavailable(
-                    f"{path}: listen backlog still full after {timeout:g}s"
-                ) from None
+                raise errors.Unavailable(f"{path}: listen backlog still full after {timeout:g}s") from None
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
 

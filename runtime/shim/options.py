@@ -55,8 +55,9 @@ def checkpoint_from_any(any_: any_pb2.Any) -> oci_pb2.CheckpointOptions:
 
 
 def root(opts: oci_pb2.Options, namespace: str) -> str:
-    """runc's state directory: the option, else ``/run/wharfd/runc/<namespace>``."""
-    return opts.root or os.path.join(DEFAULT_ROOT, namespace)
+    """runc's state directory, ``<Root>/<namespace>``: as containerd's shim, the namespace
+    goes under a given Root too (default Root ``/run/wharfd/runc``)."""
+    return os.path.join(opts.root or DEFAULT_ROOT, namespace)
 
 
 def write(bundle: str, opts: oci_pb2.Options) -> None:

@@ -138,6 +138,12 @@ class TaskService:
                 pid=container.init.pid,
             ),
         )
+        # Watched from create on, not start: a process the OOM killer takes right after
+        # runc start must not be missed (nor its kill counted into the baseline).
+        try:
+            self.oom.add(container.id, container.cgroup)
+        except OSError as exc:
+            log.warning("container %s: cannot watch for OOM kills: %s", container.id, exc)
         self._monitor(self._init_exited(container, exited))
         return api.CreateTaskResponse(pid=container.init.pid)
 
@@ -149,10 +155,6 @@ class TaskService:
         with container.init.hold():  # its exit must not overtake TaskStart
             pid = await container.start()
             self._publish(container, ev.TaskStart(container_id=container.id, pid=pid))
-        try:
-            self.oom.add(container.id, container.cgroup)
-        except OSError as exc:
-            log.warning("container %s: cannot watch for OOM kills: %s", container.id, exc)
         return api.StartResponse(pid=pid)
 
     async def _start_exec(self, container: Container, proc: Process) -> int:
@@ -338,6 +340,10 @@ class TaskService:
         container.exec_finished()
 
     def _publish_exit(self, container: Container, proc: Process, exit_: Exit) -> None:
+        # An OOM kill in the cgroup (this process, SIGKILLed, or a child of it) is published
+        # first, as containerd orders them, even if its wake-up has not been dispatched yet
+        # or never comes (v1 does not signal every kill): one small file read per exit.
+        self.oom.flush(container.id)
         self._publish(
             container,
             ev.TaskExit(

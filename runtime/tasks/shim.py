@@ -40,12 +40,14 @@ from google.protobuf.message import DecodeError
 from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
 from wharfd.api.runtime.task.v2 import shim_pb2
 from wharfd.runtime import errors
+from wharfd.runtime.shim import launch
 from wharfd.runtime.tasks.bundle import LOG_FIFO, Bundle, ShimAddress
 
 log = logging.getLogger("wharfd.tasks.shim")
 shim_log = logging.getLogger("wharfd.shim")
 
 BOOTSTRAP, LEGACY = "bootstrap", "legacy"
+OUR_SHIM = "containerd-shim-wharf-v2"
 # What a Go shim of containerd < 2.3 says when it parses BootstrapParams as an options Any.
 _OLD_SHIM_FAILURE = re.compile(r"type with url .*: not found")
 _GO_VERSION = re.compile(r"^\s*Version:\s+v?(\d+)\.(\d+)", re.MULTILINE)
@@ -102,6 +104,7 @@ class Launcher:
     socket_dir: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     protocols: dict[str, str] = field(default_factory=dict)
+    interpreters: dict[str, str] = field(default_factory=dict)  # binary -> its interpreter if ours, else ""
 
     def _argv(self, binary: str, bundle: Bundle, action: str, *extra: str) -> list[str]:
         argv = [binary, "-namespace", bundle.namespace, "-address", self.grpc_address]
@@ -120,6 +123,11 @@ class Launcher:
 
     async def start(self, binary: str, bundle: Bundle, options: any_pb2.Any | None) -> ShimAddress:
         """Run ``start`` and return the shim's address; Unavailable with the shim's stderr on failure."""
+        if os.path.basename(binary) == OUR_SHIM:
+            # Our own shim: its start protocol in-process, sparing an interpreter's exec.
+            address = await asyncio.to_thread(self._start_ours, binary, bundle, options)
+            if address is not None:
+                return address
         protocol = self.protocols.get(binary) or await self._probe(binary)
         if protocol == BOOTSTRAP:
             try:
@@ -130,6 +138,41 @@ class Launcher:
                 log.info("%s does not speak the bootstrap protocol; using the legacy start", binary)
                 self.protocols[binary] = LEGACY
         return await self._start(binary, bundle, options.SerializeToString() if options else b"")
+
+    def _start_ours(self, binary: str, bundle: Bundle, options: any_pb2.Any | None) -> ShimAddress | None:
+        """What ``<binary> start`` would answer, done here (blocking: run in a thread).
+
+        None when it must be exec'd after all: the binary runs another interpreter
+        (whose zygote this process cannot address), or no zygote runs yet (``start``
+        launches it, so the zygote is never this daemon's child).
+        """
+        interpreter = _interpreter(binary, self.interpreters)
+        if not interpreter:
+            return None
+        flags = launch.Flags(namespace=bundle.namespace, address=self.grpc_address, id=bundle.id)
+        flags.debug = self.debug
+        socket_dir = self.socket_dir or launch.DEFAULT_SOCKET_DIR
+        raw = options.value if options is not None and launch._is_options(options.type_url) else b""
+        try:
+            path = launch.socket_path(
+                socket_dir, self.grpc_address, bundle.namespace, launch.group_id(str(bundle.path), bundle.id)
+            )
+            request = launch.launch_request(
+                flags,
+                bundle=str(bundle.path),
+                socket_path=path,
+                ttrpc_address=self.ttrpc_address,
+                options=raw,
+                env=self._environ(bundle.namespace),
+            )
+            if not launch.ensure_shim(socket_dir, request, start_zygote=False, executable=interpreter):
+                return None
+        except errors.InvalidArgument:
+            raise
+        except (errors.WharfError, OSError, ValueError) as exc:
+            raise errors.Unavailable(f"task {bundle.id}: start shim {OUR_SHIM}: {exc}") from exc
+        address = launch.write_address(str(bundle.path), path)
+        return ShimAddress(address=address, version=launch.TASK_API_VERSION, protocol="ttrpc")
 
     def _params(self, bundle: Bundle, options: any_pb2.Any | None) -> bootstrap_pb2.BootstrapParams:
         params = bootstrap_pb2.BootstrapParams(
@@ -194,6 +237,21 @@ class Launcher:
         if not response.HasField("exited_at"):
             response.exited_at.GetCurrentTime()
         return response
+
+
+def _interpreter(binary: str, cache: dict[str, str]) -> str:
+    """The interpreter the script ``binary`` names if it is this one (same environment:
+    same folder, same file), else "". Only then is the shim code it runs ours."""
+    if binary not in cache:
+        try:
+            with open(binary, "rb") as f:
+                first = f.readline(4096)
+            named = os.fsdecode(first[2:].strip()) if first.startswith(b"#!") else ""
+            ours = bool(named) and os.path.dirname(named) == os.path.dirname(sys.executable)
+            cache[binary] = named if ours and os.path.samefile(named, sys.executable) else ""
+        except OSError:
+            cache[binary] = ""
+    return cache[binary]
 
 
 def parse_start_output(data: bytes, binary: str = "shim") -> ShimAddress:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import shutil
 import random
 import socket
 import subprocess
@@ -313,7 +314,9 @@ def netns_with_link() -> Iterator[tuple[str, str]]:
     from pyroute2 import IPRoute, netns
 
     tag = uuid.uuid4().hex[:6]
-    path = f"/tmp/wharfd-test-ns-{tag}"
+    # A directory of its own: pyroute2 bind-mounts the netns file's parent onto itself.
+    ns_dir = f"/tmp/wharfd-test-netns-{tag}"
+    path = f"{ns_dir}/ns"
     host_end, peer = f"wtv{tag}", f"wtp{tag}"
     net = free_slash30()
     host_ip, pod_ip = str(net[1]), str(net[2])
@@ -337,6 +340,8 @@ def netns_with_link() -> Iterator[tuple[str, str]]:
     finally:
         subprocess.run(["ip", "link", "del", host_end], check=False, capture_output=True)
         netns.remove(path)
+        subprocess.run(["umount", "-l", ns_dir], check=False, capture_output=True)
+        shutil.rmtree(ns_dir, ignore_errors=True)
 
 
 @root_only

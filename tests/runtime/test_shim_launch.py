@@ -213,3 +213,55 @@ def test_connect_waits_out_a_full_listen_backlog(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:  # nothing listens any more
         sock.settimeout(1)
         assert not launch._connect(sock, path, 1.0)
+
+
+def test_daemon_starts_our_shim_in_process_as_start_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Launcher's fast path: no exec once the zygote runs, and the same answer as ``start``."""
+    from wharfd.runtime.tasks import shim
+    from wharfd.runtime.tasks.bundle import Bundle
+
+    execs: list[str] = []
+    real_run = shim._run
+
+    async def counting_run(argv: list[str], *args: object, **kwargs: object) -> tuple[int, bytes, bytes]:
+        execs.append(argv[-1])
+        return await real_run(argv, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shim, "_run", counting_run)
+
+    async def body(rig: Rig) -> None:
+        launcher = shim.Launcher(
+            grpc_address=rig.grpc_address,
+            ttrpc_address=rig.ttrpc_address,
+            publish_binary="/bin/true",
+            socket_dir=str(rig.socket_dir),
+        )
+
+        def task(cid: str) -> Bundle:
+            return Bundle(NAMESPACE, cid, bundle(rig, cid), rig.root / "work" / cid)
+
+        first = task("a")
+        address = await launcher.start(str(SHIM), first, rig.options_any())
+        rig.addresses.add(address.address)
+        assert execs[-1] == "start"  # no zygote yet: `start` is exec'd and starts it
+        execs.clear()
+        second = task("b")
+        fast = await launcher.start(str(SHIM), second, rig.options_any())
+        rig.addresses.add(fast.address)
+        assert execs == [] and fast.version == 3 and fast.protocol == "ttrpc"
+        assert (second.path / "address").read_text() == fast.address != address.address
+        client = await rig.connect(fast.address)
+        connected = await rig.call(client, "Connect", api.ConnectRequest(id="b"), api.ConnectResponse)
+        assert connected.version
+        # The very answer `start` itself gives, for a new group and for an existing one.
+        for cid in ("c", "b"):
+            exec_bundle = task(cid) if cid == "c" else second
+            params = launcher._params(exec_bundle, rig.options_any()).SerializeToString()
+            by_exec = await launcher._start(str(SHIM), exec_bundle, params)
+            rig.addresses.add(by_exec.address)
+            written = (exec_bundle.path / "address").read_text()
+            (exec_bundle.path / "address").unlink()
+            in_process = await launcher.start(str(SHIM), exec_bundle, rig.options_any())
+            assert in_process == by_exec and (exec_bundle.path / "address").read_text() == written
+
+    run(body)

@@ -281,8 +281,9 @@ class Rig:
         for address in self.addresses:
             with contextlib.suppress(OSError):
                 os.unlink(address.removeprefix("unix://"))
-        for cid in runc_containers(self.runc_root):
-            subprocess.run([str(RUNC), "--root", str(self.runc_root), "delete", "--force", cid], check=False)
+        state = self.runc_root / NAMESPACE  # the shim runs runc with --root <Root>/<namespace>
+        for cid in runc_containers(state):
+            subprocess.run([str(RUNC), "--root", str(state), "delete", "--force", cid], check=False)
         for bundle in self.bundles:
             with contextlib.suppress(OSError):
                 mount.unmount_all(str(bundle / "rootfs"))

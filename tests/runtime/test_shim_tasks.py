@@ -8,6 +8,7 @@ cleans up its shims, zygote, containers, mounts and cgroups (``wharfd-test-*``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -389,6 +390,29 @@ def test_oom_kill_publishes_task_oom(busybox: Path) -> None:
     run(busybox, body)
 
 
+def published(rig: Rig, topic: str, cid: str) -> bool:
+    return (topic, cid) in [(t, getattr(m, "container_id", "")) for t, _, m in rig.events]
+
+
+def test_oom_killed_init_publishes_task_oom_before_task_exit(busybox: Path) -> None:
+    """The init itself OOM-killed at once, deleted right after Wait: TaskOOM still comes, first."""
+
+    async def body(rig: Rig) -> None:
+        for n in range(3):  # the race this guards against does not lose every time
+            cid = unique(f"oominit{n}")
+            args = ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]
+            client, _ = await create_started(rig, cid, args, memory_limit=16 << 20)
+            waited = await rig.call(client, "Wait", api.WaitRequest(id=cid), api.WaitResponse)
+            assert waited.exit_status == 137
+            await rig.call(client, "Delete", api.DeleteRequest(id=cid), api.DeleteResponse)
+            await until(functools.partial(published, rig, "/tasks/delete", cid))
+            mine = [t for t, _, m in rig.events if getattr(m, "container_id", "") == cid]
+            assert mine.count("/tasks/oom") == 1, mine
+            assert mine.index("/tasks/oom") < mine.index("/tasks/exit"), mine
+
+    run(busybox, body)
+
+
 def test_containers_grouped_by_sandbox_share_a_shim(busybox: Path) -> None:
     async def body(rig: Rig) -> None:
         sandbox = unique("sandbox")
@@ -434,7 +458,8 @@ def test_delete_action_after_shim_is_killed(busybox: Path) -> None:
         assert response.exited_at.seconds > 0
         assert not mounted(bundle / "rootfs")
         await until(lambda: not pid_alive(created.pid))
-        assert not (rig.runc_root / cid).exists()
+        assert (rig.runc_root / NAMESPACE).is_dir()  # runc ran with --root <Root>/<namespace>
+        assert not (rig.runc_root / NAMESPACE / cid).exists()
 
     run(busybox, body)
 

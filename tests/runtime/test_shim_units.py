@@ -168,6 +168,8 @@ def test_options_any_and_options_json(tmp_path: Path) -> None:
     }
     assert options.read(str(tmp_path)) == opts
     assert options.root(oci_pb2.Options(), "k8s.io") == "/run/wharfd/runc/k8s.io"
+    # As containerd's shim: the namespace goes under a given Root too.
+    assert options.root(oci_pb2.Options(root="/r"), "k8s.io") == "/r/k8s.io"
 
 
 # -- process states ------------------------------------------------------------------------------
