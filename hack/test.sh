@@ -12,6 +12,8 @@ run() {
   echo "==> $*"
   "$@" || status=1
 }
+# Leftovers of an earlier, killed run would break pytest's temp dir; clear them first.
+bash hack/cleanup.sh
 trap 'bash hack/cleanup.sh' EXIT
 
 run .venv/bin/ruff check .

@@ -23,6 +23,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import select
 import stat
 import threading
 import time
@@ -177,11 +178,9 @@ def _extract(job: ExtractJob, what: str) -> Extracted:
 
 def diff_to_file(lower: str | None, upper: str, out: str, overlay: bool, compression: str) -> Diff:
     """Write the layer from ``lower`` to ``upper`` into file ``out`` (runs in a worker process)."""
+    # No fsync: the file is copied into the content store, whose commit makes the blob durable.
     with open(out, "wb") as f:
-        result = write_diff(lower, upper, f, overlay=overlay, compression=Compression(compression))
-        f.flush()
-        os.fsync(f.fileno())
-    return result
+        return write_diff(lower, upper, f, overlay=overlay, compression=Compression(compression))
 
 
 # Worker processes yield the CPU to the daemon: with every core extracting, the
@@ -191,8 +190,26 @@ def diff_to_file(lower: str | None, upper: str, out: str, overlay: bool, compres
 WORKER_NICE = 10
 
 
-def _lower_priority() -> None:
+def _start_worker(owner: int) -> None:
+    """Worker start-up: lower priority, and end when the daemon that owns the pool dies.
+
+    Pool workers hold both ends of their queues, so a SIGKILLed daemon would
+    leave them (and the fork server they keep alive) waiting forever; a thread
+    watches the owner's pidfd and exits the worker when it goes.
+    """
     os.nice(WORKER_NICE)
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(owner)
+        except OSError:  # already gone
+            os._exit(1)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        poller.poll()
+        os._exit(1)
+
+    threading.Thread(target=watch, name="owner-watch", daemon=True).start()
 
 
 class Workers:
@@ -216,7 +233,7 @@ class Workers:
             # would import again otherwise) and this one: quick to start, pages shared.
             ctx.set_forkserver_preload(["__main__", __name__])
             self._pool = concurrent.futures.ProcessPoolExecutor(
-                self.size, mp_context=ctx, initializer=_lower_priority
+                self.size, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(),)
             )
         return self._pool
 

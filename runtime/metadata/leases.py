@@ -102,7 +102,9 @@ class LeaseStore:
         # containerd takes any non-empty lease id; ctr's random ones ("123-ab_-c=")
         # are not identifiers.
         if "/" in lease_id or len(lease_id) > 256:
-            raise errors.InvalidArgument(f'lease "{lease_id}": id must not contain "/" or exceed 256 characters')
+            raise errors.InvalidArgument(
+                f'lease "{lease_id}": id must not contain "/" or exceed 256 characters'
+            )
         labels = {k: v for k, v in (labels or {}).items() if v}
         label_rules.validate_all(labels, field="lease.Labels")
         if LABEL_EXPIRE in labels:

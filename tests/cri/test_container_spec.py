@@ -391,7 +391,9 @@ def test_cgroups_path(rootfs: str, parent: str, want: str) -> None:
 def test_annotations(rootfs: str) -> None:
     settings = RuntimeSettings(pod_annotations=("pass.io/*",), container_annotations=("c.io/x",))
     cfg = config(annotations={"c.io/x": "1", "c.io/y": "2"})
-    spec = build(rootfs, cfg, sandbox_config=pod(annotations={"pass.io/a": "A", "other": "B"}), settings=settings)
+    spec = build(
+        rootfs, cfg, sandbox_config=pod(annotations={"pass.io/a": "A", "other": "B"}), settings=settings
+    )
     assert spec["annotations"] == {
         "pass.io/a": "A",
         "c.io/x": "1",

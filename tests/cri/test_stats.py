@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import shutil
 import random
+import shutil
 import socket
 import subprocess
 import sys

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from google.protobuf import empty_pb2, timestamp_pb2
 from google.rpc import status_pb2
+
 from wharfd.api.services.introspection.v1 import introspection_pb2 as ipb
 from wharfd.api.services.introspection.v1 import introspection_pb2_grpc as ipb_grpc
 from wharfd.api.services.namespaces.v1 import namespace_pb2 as npb

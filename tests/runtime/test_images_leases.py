@@ -65,7 +65,9 @@ def test_migration_5(tmp_path: Path) -> None:
 def test_image_store(tmp_path: Path) -> None:
     async def scenario(db: Database) -> None:
         store = ImageStore(db)
-        img = Image("docker.io/library/busybox:latest", Descriptor(INDEX, DIGEST, 123), {"a": "1", "empty": ""})
+        img = Image(
+            "docker.io/library/busybox:latest", Descriptor(INDEX, DIGEST, 123), {"a": "1", "empty": ""}
+        )
         created = await store.create(img)
         assert created.labels == {"a": "1"} and created.created_at is not None
         with pytest.raises(errors.AlreadyExists, match="busybox:latest"):
@@ -140,7 +142,9 @@ def test_services_over_grpc(tmp_path: Path) -> None:
                 async with grpc.aio.insecure_channel(f"unix:{sock}") as ch, exchange.subscribe() as sub:
                     images = ipb_grpc.ImagesStub(ch)
                     target = descriptor_pb2.Descriptor(media_type=INDEX, digest=DIGEST, size=9)
-                    await images.Create(ipb.CreateImageRequest(image=ipb.Image(name="img", target=target)), metadata=md)
+                    await images.Create(
+                        ipb.CreateImageRequest(image=ipb.Image(name="img", target=target)), metadata=md
+                    )
                     got = await images.Get(ipb.GetImageRequest(name="img"), metadata=md)
                     assert got.image.target.digest == DIGEST and got.image.created_at.seconds > 0
                     await images.Update(
@@ -166,7 +170,8 @@ def test_services_over_grpc(tmp_path: Path) -> None:
                     lease = (await leases.Create(lpb.CreateRequest(id="l1"), metadata=md)).lease
                     assert lease.id == "l1"
                     await leases.AddResource(
-                        lpb.AddResourceRequest(id="l1", resource=lpb.Resource(id=DIGEST, type="content")), metadata=md
+                        lpb.AddResourceRequest(id="l1", resource=lpb.Resource(id=DIGEST, type="content")),
+                        metadata=md,
                     )
                     res = await leases.ListResources(lpb.ListResourcesRequest(id="l1"), metadata=md)
                     assert [(r.id, r.type) for r in res.resources] == [(DIGEST, "content")]
