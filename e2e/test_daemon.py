@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -229,3 +230,22 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
     )
     assert "grpc_server_handling_seconds_bucket" in text
     assert "wharfd_build_info_total" in text
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    d = Daemon(tmp_path / "d")
+
+    def write_config() -> None:
+        d.config_path.write_text(
+            f'version = 2\nroot = "{d.root}"\nstate = "{d.state}"\n[grpc]\n  address = "{d.address}"\n'
+            '[debug]\n  level = "info"\n  format = "json"\n'
+        )
+
+    d.write_config = write_config  # type: ignore[method-assign]
+    d.start()
+    assert d.stop() == 0
+    lines = [line for line in d.log().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]
+    assert {"time", "level", "msg", "logger"} <= records[0].keys()
+    assert any("successfully booted" in r["msg"] for r in records)
+    assert all(r["level"] != "debug" for r in records)  # info level filters debug out
