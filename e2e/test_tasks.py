@@ -216,6 +216,8 @@ def test_exec_and_list_pids(rig: TaskRig, runtime: str) -> None:
     assert nap in [p.pid for p in pids] and len(pids) >= 2
     details = [oci_pb2.ProcessDetails.FromString(p.info.value).exec_id for p in pids if p.pid == nap]
     assert details == ["nap"]
+    # Other processes carry no info at all: a stock ctr unpacks any info that is present.
+    assert all(not p.HasField("info") for p in pids if p.pid != nap)
     echo = dict(sleeper, args=["sh", "-c", "echo from-exec; exit 5"])
     io = Stdio(rig.base / "fifo", "echo", stdin=False)
     with io.reading():

@@ -248,7 +248,10 @@ class Task:
         """The task's processes."""
         self._alive()
         reply = await self.stub.Pids(api.PidsRequest(id=self.id))
-        return [task_pb2.ProcessInfo(pid=p.pid, info=p.info) for p in reply.processes]
+        # Keep an absent info absent: clients unpack any info that is present.
+        return [
+            task_pb2.ProcessInfo(pid=p.pid, info=p.info if p.HasField("info") else None) for p in reply.processes
+        ]
 
     async def checkpoint(self, path: str, options: any_pb2.Any | None) -> None:
         """Checkpoint the task into ``path`` (CRIU, through the shim)."""
