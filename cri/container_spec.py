@@ -77,7 +77,6 @@ def probe() -> HostFacts:
         ),
         0,
     )
-    last_cap = read("/proc/sys/kernel/cap_last_cap")
     unified = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
     return HostFacts(
         oom_score_adj=int(read("/proc/self/oom_score_adj") or 0),
@@ -88,7 +87,9 @@ def probe() -> HostFacts:
         else os.path.isdir("/sys/fs/cgroup/hugetlb"),
         apparmor=read("/sys/module/apparmor/parameters/enabled") == "Y",
         hostname=socket.gethostname(),
-        all_caps=caps.KNOWN[: int(last_cap) + 1] if last_cap.isdigit() else caps.KNOWN,
+        # "ALL" means what this daemon holds (containerd's WithAllCurrentCapabilities): runc
+        # cannot grant a capability the runtime lacks (root here has no CAP_SYS_RESOURCE).
+        all_caps=tuple(caps.current()),
     )
 
 

@@ -142,6 +142,18 @@ def test_oom_killed(rig: CriRig) -> None:
     pod.remove()
 
 
+def test_add_all_capabilities(rig: CriRig) -> None:
+    pod = Pod(rig, "allcaps")
+    config = rig.container_config("caps", ["sh", "-c", "grep CapEff /proc/self/status"])
+    config.linux.security_context.capabilities.add_capabilities.append("ALL")
+    cid = pod.create(config)
+    rig.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=TIMEOUT)
+    got = wait_exited(rig, cid)
+    # "ALL" is what the daemon holds, so runc can grant it even where root lacks some.
+    assert (got.exit_code, got.reason) == (0, "Completed")
+    pod.remove()
+
+
 def test_start_error(rig: CriRig) -> None:
     pod = Pod(rig, "starterr")
     cid = pod.create(rig.container_config("missing", ["/no/such/binary"]))
