@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from wharfd.api.cri.v1 import api_pb2 as cri
-from wharfd.cri import container_spec
+from wharfd.cri import container_spec, image_volumes
 from wharfd.cri.container_mounts import PodFiles
 from wharfd.cri.container_spec import HostFacts, RuntimeSettings, SpecInputs
 from wharfd.cri.store import (
@@ -77,11 +77,14 @@ async def create_container(
             raise errors.FailedPrecondition(f'snapshotter "{snapshotter_name}" is not available')
         mounts = await snapshotter.prepare(container_id, image.chain_id)
         undo.push_async_callback(_quietly, snapshotter.remove, container_id)
+        spec_config, config, volume_labels = await image_volumes.prepare(
+            state, container_id, config, snapshotter, undo
+        )
         pod_record = await state.meta.get(sandbox.id)
         image_name = config.image.user_specified_image or (image.repo_tags or [config.image.image])[0]
         inputs = SpecInputs(
             container_id=container_id,
-            config=config,
+            config=spec_config,
             sandbox_config=pod_config,
             sandbox_id=sandbox.id,
             sandbox_pid=sandbox.status.pid,
@@ -106,7 +109,7 @@ async def create_container(
             snapshotter=snapshotter_name,
             snapshot_key=container_id,
         )
-        labels = {**run.labels, **config.labels}
+        labels = {**run.labels, **config.labels, **volume_labels}
         record = container_record(
             meta, spec=oci.to_any(spec), runtime=pod_record.runtime_name, options=pod_record.runtime_options,
             labels=labels,

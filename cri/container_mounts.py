@@ -13,8 +13,8 @@ missing, symlinks resolved) with its propagation and ``ro``/``rw``:
 Propagation is checked, not changed: making a host mount shared affects the
 whole node, which is kubelet's (or the admin's) decision
 (``mount --make-rshared <mountpoint>``). Recursive read-only mounts need
-``rro``, which runc 1.1 lacks, so they are refused (and Status reports
-``recursive_read_only_mounts: false``). Image volumes are not supported.
+``rro`` (runc ≥ 1.1 on kernels with mount_setattr). Image volumes arrive here
+already mounted and turned into read-only binds (:mod:`wharfd.cri.image_volumes`).
 
 Devices: each host device (or every device under a host directory) is added
 to ``linux.devices`` at its container path with a cgroup rule allowing the
@@ -37,7 +37,9 @@ ETC_HOSTNAME = "/etc/hostname"
 ETC_HOSTS = "/etc/hosts"
 RESOLV_CONF = "/etc/resolv.conf"
 DEV_SHM = "/dev/shm"
-RECURSIVE_READ_ONLY_SUPPORTED = False  # runc 1.1.5 has no "rro" mount option
+# runc ≥ 1.1 applies the "rro" mount option (mount_setattr, kernel ≥ 5.12); Status reports the
+# feature per handler from `runc features` and the kernel, so kubelet only asks where it works.
+RECURSIVE_READ_ONLY_SUPPORTED = True
 _PROPAGATION = {
     cri.PROPAGATION_PRIVATE: "rprivate",
     cri.PROPAGATION_HOST_TO_CONTAINER: "rslave",
@@ -113,7 +115,8 @@ def with_mounts(
 def _bind(spec: Spec, mount: cri.Mount, index: int) -> dict[str, Any]:
     what = f"mounts[{index}] (container_path {mount.container_path!r})"
     if mount.HasField("image") and mount.image.image:
-        raise errors.InvalidArgument(f"{what}: image volumes are not supported")
+        # CreateContainer turns image volumes into host binds first (wharfd.cri.image_volumes).
+        raise errors.InvalidArgument(f"{what}: image volume was not prepared")
     if not mount.container_path.startswith("/"):
         raise errors.InvalidArgument(f"{what}: container_path must be absolute")
     if not mount.host_path.startswith("/"):
@@ -143,7 +146,7 @@ def _access(mount: cri.Mount, what: str) -> str:
         raise errors.InvalidArgument(f"{what}: recursive read-only needs private propagation")
     if not RECURSIVE_READ_ONLY_SUPPORTED:
         raise errors.InvalidArgument(
-            f"{what}: recursive read-only mounts are not supported by this runtime (runc 1.1 has no rro); "
+            f"{what}: recursive read-only mounts are not supported by this runtime; "
             f"host_path {mount.host_path!r}"
         )
     return "rro"

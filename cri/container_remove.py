@@ -14,7 +14,7 @@ import logging
 import shutil
 
 from wharfd.api.cri.v1 import api_pb2 as cri
-from wharfd.cri import container_io
+from wharfd.cri import container_io, image_volumes
 from wharfd.cri.container_stop import stop
 from wharfd.cri.store import Container, CriState
 from wharfd.runtime import errors, namespaces
@@ -60,6 +60,7 @@ async def _remove(state: CriState, container: Container) -> None:
         log.warning("container %s: output still open after its task was deleted; closing it", container.id)
     await container_io.release(state, container.id)
     snapshotter = state.snapshotters.get(container.metadata.snapshotter)
+    await image_volumes.release(state, container.id, container.metadata.config, snapshotter)
     if snapshotter is not None and container.metadata.snapshot_key:
         with contextlib.suppress(errors.NotFound):
             await snapshotter.remove(container.metadata.snapshot_key)

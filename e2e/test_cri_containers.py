@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -151,6 +152,66 @@ def test_add_all_capabilities(rig: CriRig) -> None:
     got = wait_exited(rig, cid)
     # "ALL" is what the daemon holds, so runc can grant it even where root lacks some.
     assert (got.exit_code, got.reason) == (0, "Completed")
+    pod.remove()
+
+
+def test_recursive_read_only_mount(rig: CriRig, tmp_path: Path) -> None:
+    host = tmp_path / "rro"
+    (host / "sub").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "wharfd-test-rro", str(host / "sub")], check=True)
+    try:
+        pod = Pod(rig, "rro")
+        config = rig.container_config("rro", ["sh", "-c", "touch /data/sub/x && echo wrote || echo refused"])
+        config.mounts.append(
+            cri.Mount(container_path="/data", host_path=str(host), readonly=True, recursive_read_only=True)
+        )
+        cid = pod.create(config)
+        rig.runtime.StartContainer(cri.StartContainerRequest(container_id=cid), timeout=TIMEOUT)
+        assert wait_exited(rig, cid).exit_code == 0
+        # Read-only all the way down: the submount under the bind is read-only too.
+        assert pod.log_path("rro").read_text().rstrip().endswith("refused")
+        assert not (host / "sub" / "x").exists()
+        pod.remove()
+    finally:
+        subprocess.run(["umount", "-l", str(host / "sub")], check=False)
+
+
+def test_image_volume(rig: CriRig) -> None:
+    image_id = rig.pull()
+    pod = Pod(rig, "imgvol")
+    config = rig.container_config(
+        "iv",
+        ["sh", "-c", "ls /vol/bin/busybox && touch /vol/x 2>/dev/null && echo writable || echo read-only"],
+    )
+    config.mounts.append(cri.Mount(container_path="/vol", image=cri.ImageSpec(image=image_id), readonly=True))
+    sub = rig.container_config("ivsub", ["sh", "-c", "ls /one/busybox"])
+    sub.mounts.append(
+        cri.Mount(
+            container_path="/one", image=cri.ImageSpec(image=image_id), image_sub_path="bin", readonly=True
+        )
+    )
+    cid, sub_id = pod.create(config), pod.create(sub)
+    for c in (cid, sub_id):
+        rig.runtime.StartContainer(cri.StartContainerRequest(container_id=c), timeout=TIMEOUT)
+        assert wait_exited(rig, c).exit_code == 0
+    assert pod.log_path("iv").read_text().rstrip().endswith("read-only")
+    (mount,) = [m for m in status(rig, cid).status.mounts if m.container_path == "/vol"]
+    assert mount.image.image_ref == image_id
+    bad = rig.container_config("ivbad", ["true"])
+    bad.mounts.append(
+        cri.Mount(container_path="/b", image=cri.ImageSpec(image=image_id), image_sub_path="../../etc")
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        pod.create(bad)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "image_sub_path" in (
+        err.value.details() or ""
+    )
+    for c in (cid, sub_id):
+        rig.runtime.RemoveContainer(cri.RemoveContainerRequest(container_id=c), timeout=TIMEOUT)
+    assert not [
+        line for line in Path("/proc/self/mounts").read_text().splitlines() if "image-volumes" in line
+    ]
+    assert not [k for k in rig.k8s_snapshots() if "-iv" in k]
     pod.remove()
 
 

@@ -250,7 +250,8 @@ class Task:
         reply = await self.stub.Pids(api.PidsRequest(id=self.id))
         # Keep an absent info absent: clients unpack any info that is present.
         return [
-            task_pb2.ProcessInfo(pid=p.pid, info=p.info if p.HasField("info") else None) for p in reply.processes
+            task_pb2.ProcessInfo(pid=p.pid, info=p.info if p.HasField("info") else None)
+            for p in reply.processes
         ]
 
     async def checkpoint(self, path: str, options: any_pb2.Any | None) -> None:

@@ -469,9 +469,9 @@ def test_dev_mount_hides_default_dev_mounts(rootfs: str) -> None:
         (cri.Mount(container_path="/x", host_path="rel"), errors.InvalidArgument, "absolute"),
         (cri.Mount(container_path="x", host_path="/tmp"), errors.InvalidArgument, "container_path"),
         (
-            cri.Mount(container_path="/x", host_path="/tmp", readonly=True, recursive_read_only=True),
+            cri.Mount(container_path="/x", host_path="/tmp", readonly=False, recursive_read_only=True),
             errors.InvalidArgument,
-            "recursive read-only mounts are not supported",
+            "conflicts with a read-write mount",
         ),
         (
             cri.Mount(container_path="/x", host_path="/tmp", recursive_read_only=True),
@@ -481,7 +481,7 @@ def test_dev_mount_hides_default_dev_mounts(rootfs: str) -> None:
         (
             cri.Mount(container_path="/x", image=cri.ImageSpec(image="busybox")),
             errors.InvalidArgument,
-            "image volumes",
+            "image volume was not prepared",
         ),
     ],
 )

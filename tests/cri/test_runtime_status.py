@@ -127,14 +127,18 @@ def test_handlers_from_runc_features() -> None:
     section["containerd"]["runtimes"]["kata"] = {"runtime_type": "io.containerd.kata.v2", "options": {}}
     handlers = runtime_status.probe_handlers(section)
     assert [h.name for h in handlers] == ["", "kata", "runc", "wharf"]
+    rro = False
     if shutil.which("runc") is not None:
-        # runc 1.1.5 here lists "rro" but no idmapped mounts; CreateContainer refuses rro mounts,
-        # so Status must not promise them.
+        # runc 1.1.5 here lists "rro" but no idmapped mounts: recursive read-only mounts are
+        # promised where the kernel has mount_setattr, user namespaces are not.
         features = runtime_status.runtime_features("runc")
         assert "rro" in features["mountOptions"]
         assert not (features.get("linux") or {}).get("mountExtensions")
+        rro = runtime_status._kernel_at_least((5, 12))
+    by_name = {h.name: h for h in handlers}
+    assert by_name["runc"].features.recursive_read_only_mounts is rro
+    assert by_name["kata"].features.recursive_read_only_mounts is False  # no such binary: no features
     for handler in handlers:
-        assert handler.features.recursive_read_only_mounts is False
         assert handler.features.user_namespaces is False
 
 
