@@ -29,11 +29,9 @@ flight, the image record and the plugin.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.message import Message
@@ -171,7 +169,7 @@ class Puller:
         if opts.unpack and not opts.all_platforms:
             self.unpacker.workers.warm()  # while the manifests arrive
         try:
-            async with self._lease() as lease:
+            async with self.leases.held(L.LEASE_LIFETIME) as lease:
                 hosts = HostsConfig(config_path=opts.hosts_dir or self.hosts_dir, plain_http=opts.plain_http)
                 async with Transport(
                     hosts, opts.credentials, progress_timeout=opts.progress_timeout
@@ -198,23 +196,6 @@ class Puller:
 
         return report
 
-    @contextlib.asynccontextmanager
-    async def _lease(self) -> AsyncIterator[str]:
-        """The caller's lease, or a new one deleted on exit (whatever happened)."""
-        given = leases.current.get()
-        if given:
-            yield given
-            return
-        expire = (datetime.now(UTC) + timedelta(seconds=L.LEASE_LIFETIME)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        lease = await self.leases.create(labels={L.LEASE_EXPIRE: expire})
-        token = leases.current.set(lease.id)
-        try:
-            yield lease.id
-        finally:
-            leases.current.reset(token)
-            with contextlib.suppress(errors.NotFound):
-                await asyncio.shield(self.leases.delete(lease.id))
-
     async def _record(self, name: str, root: Descriptor, labels: Mapping[str, str]) -> None:
         """Create the image record, or point the existing one at the new target."""
         target = walk.to_record(root)
@@ -239,7 +220,7 @@ class Puller:
         """Unpack content already in the store (after an import, say); return the chain id."""
         opts = PullOptions(platforms=platforms, snapshotter=snapshotter)
         root = walk.from_record(target)
-        async with self._lease() as lease:
+        async with self.leases.held(L.LEASE_LIFETIME) as lease:
             session = Session(self, _local_ref(root), opts, lease, lambda p: None, fetcher=None)
             chosen = await session.run(root)
         chain = chosen[0].chain_id

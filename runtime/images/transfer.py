@@ -21,11 +21,9 @@ service reports it: status lines ("Pulling from OCI Registry (ref)",
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 
 from wharfd.runtime import errors
 from wharfd.runtime.content.store import ContentStore
@@ -81,23 +79,6 @@ class LocalTransfer:
         self.default_snapshotter = default_snapshotter
         self.max_concurrent_uploads = max_concurrent_uploads
 
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[str]:
-        """The caller's lease, or a fresh one that expires in a day and is deleted on exit."""
-        given = leases.current.get()
-        if given:
-            yield given
-            return
-        expire = (datetime.now(UTC) + timedelta(seconds=labels.LEASE_LIFETIME)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        lease = await self.leases.create(labels={labels.LEASE_EXPIRE: expire})
-        token = leases.current.set(lease.id)
-        try:
-            yield lease.id
-        finally:
-            leases.current.reset(token)
-            with contextlib.suppress(errors.NotFound):
-                await asyncio.shield(self.leases.delete(lease.id))
-
     # --- pull ---------------------------------------------------------------------------------
 
     async def pull(
@@ -125,7 +106,7 @@ class LocalTransfer:
             progress=queue.put_nowait if report.enabled else None,
             record_image=record,
         )
-        async with self.lease():
+        async with self.leases.held(labels.LEASE_LIFETIME):
             forward = asyncio.get_running_loop().create_task(_relay(queue, relay))
             try:
                 result = await self.puller.pull(source.reference, opts)
@@ -175,7 +156,7 @@ class LocalTransfer:
         """Write the images ``source`` names into ``sink`` as an OCI layout tar."""
         report.status("Exporting")
         found = await source.lookup(self.images)
-        async with self.lease():
+        async with self.leases.held(labels.LEASE_LIFETIME):
             await archive.export(self.content, found, sink, opts)
         report.status("Completed export", last=True)
 
@@ -186,7 +167,7 @@ class LocalTransfer:
         report.status("Importing")
         matcher = compatible(dest.platforms) if dest.platforms else None
         saved: list[records.Image] = []
-        async with self.lease():
+        async with self.leases.held(labels.LEASE_LIFETIME):
             root = await archive.import_archive(self.content, archive.decompressed(source))
             try:
                 await walk.walk_tree(self.content, root, matcher)
@@ -235,7 +216,7 @@ class LocalTransfer:
     async def tag(self, source: Destination, dest: Destination, report: Throttle) -> list[records.Image]:
         """Record ``source``'s target under ``dest``'s names; unpack it first if ``dest`` asks."""
         image = await self.images.get(source.name)
-        async with self.lease():
+        async with self.leases.held(labels.LEASE_LIFETIME):
             for unpack in dest.unpacks:
                 wanted = [format_platform(unpack.platform)] if unpack.platform else []
                 snapshotter = unpack.snapshotter or self.default_snapshotter

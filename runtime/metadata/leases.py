@@ -9,14 +9,16 @@ the gRPC metadata ``containerd-lease``; stores attach what they create to it.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import json
 import secrets
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from wharfd.runtime import errors, filters, namespaces
 from wharfd.runtime.metadata import labels as label_rules
@@ -182,6 +184,28 @@ class LeaseStore:
             )
 
         await self._db.write(write)
+
+    @contextlib.asynccontextmanager
+    async def held(self, lifetime: float = 24 * 3600.0) -> AsyncIterator[str]:
+        """The current call's lease, or a new one (expiring after ``lifetime``) deleted on exit.
+
+        Work that writes several objects before one references them all (a
+        pull, an import) runs inside this, so garbage collection leaves the
+        half-done work alone and still collects it if the daemon dies.
+        """
+        given = current.get()
+        if given:
+            yield given
+            return
+        expire = (datetime.now(UTC) + timedelta(seconds=lifetime)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        lease = await self.create(labels={LABEL_EXPIRE: expire})
+        token = current.set(lease.id)
+        try:
+            yield lease.id
+        finally:
+            current.reset(token)
+            with contextlib.suppress(errors.NotFound):
+                await asyncio.shield(self.delete(lease.id))
 
     async def list_resources(self, lease_id: str) -> builtins.list[Resource]:
         """What the lease holds; NotFound when the lease does not exist."""
