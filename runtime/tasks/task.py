@@ -29,6 +29,7 @@ from wharfd.runtime import errors, namespaces
 from wharfd.runtime.tasks.bundle import Bundle, ShimAddress
 from wharfd.runtime.tasks.shim import LogCopier
 from wharfd.runtime.ttrpc.client import TtrpcClient
+from wharfd.runtime.ttrpc.protocol import ConnectionClosed
 from wharfd.runtime.ttrpc.services import Stub
 
 TASK_V2 = api.DESCRIPTOR.services_by_name["Task"]
@@ -196,8 +197,10 @@ class Task:
             try:
                 reply = await self.stub.Wait(api.WaitRequest(id=self.id, exec_id=exec_id), timeout=None)
                 return Exit(0, int(reply.exit_status), reply.exited_at)
-            except errors.Unavailable:
-                if not self.client.closed.is_set():
+            except errors.Unavailable as exc:
+                # The connection dropping fails the call before `closed` is set: both
+                # mean the shim is gone, and the manager's clean-up will say how it ended.
+                if not isinstance(exc, ConnectionClosed) and not self.client.closed.is_set():
                     raise
             await self.dead_event.wait()
         assert self.dead is not None
