@@ -31,11 +31,11 @@ from typing import Any, Protocol
 
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cri.cni_template import Template
+from wharfd.cri.config import RUNC_LIKE_TYPES
 from wharfd.runtime import errors
 
 log = logging.getLogger("wharfd.cri")
 
-RUNC_LIKE_TYPES = ("io.containerd.runc.v2", "io.containerd.wharf.v2")
 GENERATED_CONF = "10-containerd-net.conflist"
 _SYSTEMD_RUNNING = "/run/systemd/system"
 

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cni.network import Network
 from wharfd.cri import container_mounts
-from wharfd.cri.runtime_config import RUNC_LIKE_TYPES
+from wharfd.cri.config import RUNC_LIKE_TYPES
 
 log = logging.getLogger("wharfd.cri")
 

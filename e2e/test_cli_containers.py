@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
@@ -34,6 +35,7 @@ from wharfd.runtime.oci import spec as oci_spec
 NS = "ctr-test"
 MD = (("containerd-namespace", NS),)
 RUNC = "io.containerd.runc.v2"
+WHARF_SHIM = "io.containerd.wharf.v2"
 SNAPSHOTTER = "native"
 CTR = shutil.which("ctr")
 
@@ -175,7 +177,9 @@ def _put(ch: grpc.Channel, data: bytes, labels: dict[str, str] | None = None) ->
     return {"digest": expected, "size": total}
 
 
-def _layered_image(daemon: Daemon, name: str, files: list[dict[str, str]], config: dict[str, object]) -> None:
+def _layered_image(
+    daemon: Daemon, name: str, files: list[dict[str, str]], config: Mapping[str, object]
+) -> None:
     """Commit one overlayfs snapshot per layer (as an unpack leaves them) and the image over them."""
     diff_ids = [_digest(f"layer-{i}".encode()) for i in range(len(files))]
     chain = chain_ids(diff_ids)
@@ -212,8 +216,8 @@ def _layered_image(daemon: Daemon, name: str, files: list[dict[str, str]], confi
             digest=str(desc["digest"]),
             size=len(manifest),
         )
-        request = ipb.CreateImageRequest(image=ipb.Image(name=name, target=target))
-        ipb_grpc.ImagesStub(ch).Create(request, metadata=MD, timeout=10)
+        create = ipb.CreateImageRequest(image=ipb.Image(name=name, target=target))
+        ipb_grpc.ImagesStub(ch).Create(create, metadata=MD, timeout=10)
 
 
 def _option(options: list[str], key: str) -> str:
@@ -236,6 +240,8 @@ def test_create_from_an_image_on_overlayfs(daemon: Daemon) -> None:
         "svc",
     )
     assert info["Labels"] == {"io.containerd.image.config.stop-signal": "SIGTERM", "team": "a"}
+    # The default runtime is wharfd's own shim, given runc v2's options as ctr gives runc v2.
+    assert info["Runtime"] == {"Name": WHARF_SHIM, "Options": {"type_url": "containerd.runc.v1.Options"}}
     process = info["Spec"]["process"]
     assert process["args"] == ["/bin/app", "serve"]
     assert process["user"] == {"uid": 1000, "gid": 1000, "additionalGids": [1000, 10]}
@@ -248,7 +254,7 @@ def test_create_from_an_image_on_overlayfs(daemon: Daemon) -> None:
     assert "svc" in keys and not any(k.startswith("wharf-rootfs-view") for k in keys)
     assert daemon.wharf("c", "rm", "svc", namespace=NS).returncode == 0
     with daemon.channel() as ch:
-        request = spb.StatSnapshotRequest(snapshotter="overlayfs", key="svc")
+        stat = spb.StatSnapshotRequest(snapshotter="overlayfs", key="svc")
         with pytest.raises(grpc.RpcError) as exc:
-            spb_grpc.SnapshotsStub(ch).Stat(request, metadata=MD, timeout=10)
+            spb_grpc.SnapshotsStub(ch).Stat(stat, metadata=MD, timeout=10)
         assert exc.value.code() == grpc.StatusCode.NOT_FOUND

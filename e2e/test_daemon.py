@@ -9,6 +9,7 @@ import socket
 import stat
 import subprocess
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
 
@@ -170,6 +171,12 @@ def test_config_default_round_trips(tmp_path: Path) -> None:
         check=True,
     )
     assert dump.stdout == out.stdout
+    # The default handler runs the shim installed with wharfd; no containerd package is needed.
+    runtimes = tomllib.loads(out.stdout)["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+    assert {name: r["runtime_type"] for name, r in runtimes.items()} == {
+        "runc": "io.containerd.wharf.v2",
+        "wharf": "io.containerd.wharf.v2",
+    }
 
 
 def test_disabled_plugin_is_absent(tmp_path: Path) -> None:

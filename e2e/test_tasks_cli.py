@@ -1,5 +1,9 @@
 """``wharf run`` and ``wharf tasks …`` against the real daemon, with real runc.
 
+Tests that take the ``shim`` fixture run twice: with the CLI's default runtime
+(wharfd's shim, no ``--runtime`` flag) and with ``--runtime io.containerd.runc.v2``
+(containerd's stock shim, skipped when it is not installed), so both stay covered.
+
 The image is made the way the pull pipeline leaves one: its blobs (layer,
 config, manifest) in the content store, an image record naming the
 manifest, and the unpacked rootfs committed as the chain-id snapshot.
@@ -20,6 +24,7 @@ import sys
 import termios
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,10 +34,12 @@ from e2e.task_support import (
     OURS,
     RUNC,
     SNAPSHOTTER,
+    STOCK,
     STOCK_SHIM,
     TaskRig,
     leftovers,
     populate_busybox,
+    zygote_pids,
 )
 from wharfd.api.services.images.v1 import images_pb2 as ipb
 from wharfd.api.services.images.v1 import images_pb2_grpc as igrpc
@@ -42,12 +49,32 @@ from wharfd.api.types import descriptor_pb2
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="tasks need root (mounts, runc)"),
     pytest.mark.skipif(RUNC is None, reason="runc is not installed"),
-    pytest.mark.skipif(not STOCK_SHIM.exists(), reason=f"{STOCK_SHIM} is not installed"),
     pytest.mark.timeout(180),
 ]
 
 IMAGE = "docker.io/library/busybox:wharf-test"
 WHARF = str(Path(sys.executable).parent / "wharf")
+NO_STOCK_SHIM = pytest.mark.skipif(not STOCK_SHIM.exists(), reason=f"{STOCK_SHIM} is not installed")
+
+
+@dataclass(frozen=True)
+class Shim:
+    """A runtime a test runs under: its name and the ``wharf`` flags that select it."""
+
+    runtime: str
+    flags: tuple[str, ...]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(Shim(OURS, ()), id="default"),
+        pytest.param(Shim(STOCK, ("--runtime", STOCK)), id="stock", marks=NO_STOCK_SHIM),
+    ]
+)
+def shim(request: pytest.FixtureRequest) -> Shim:
+    """The CLI's default runtime (wharfd's shim), then containerd's stock shim named explicitly."""
+    shim: Shim = request.param
+    return shim
 
 
 @pytest.fixture
@@ -72,7 +99,7 @@ def add_image(rig: TaskRig, name: str) -> None:
     layer = build_layer(busybox_files(("sh", "echo", "sleep", "true", "stty", "cat")))
     image = build_image([layer], cmd=["sh"])
     gc = "containerd.io/gc.ref."
-    blobs = (
+    blobs: tuple[tuple[bytes, str, dict[str, str]], ...] = (
         (layer.blob, layer.descriptor.digest, {}),
         (image.config, image.config_desc.digest, {f"{gc}snapshot.{SNAPSHOTTER}": layer.diff_id}),
         (
@@ -108,13 +135,37 @@ def wharf(
     return result
 
 
-def runc_root(rig: TaskRig) -> list[str]:
-    return ["--runc-root", str(rig.runc_root)]  # the shim adds /<namespace>
+def runc_root(rig: TaskRig, shim: Shim) -> list[str]:
+    return [*shim.flags, "--runc-root", str(rig.runc_root)]  # the shim adds /<namespace>
 
 
-def test_run_rm_prints_hi(rig: TaskRig) -> None:
+def shim_kind(rig: TaskRig, task_pid: int) -> str:
+    """The runtime whose shim is the parent of ``task_pid``: the stock binary, or a child of our zygote."""
+    shim_pid = _ppid(task_pid)
+    if Path(f"/proc/{shim_pid}/exe").resolve() == STOCK_SHIM.resolve():
+        return STOCK
+    assert _ppid(shim_pid) in zygote_pids(rig.daemon.state / "s"), f"unknown shim {shim_pid}"
+    return OURS
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def test_run_rm_prints_hi_with_no_flags(rig: TaskRig) -> None:
+    """Issue #4's check: with no containerd package, ``run`` works with the default runtime."""
+    rig.ids.update({"t0", "t1"})
+    result = wharf(rig, "run", "--rm", IMAGE, "t1", "echo", "hi")
+    assert result.stdout == "hi\n", result.stderr
+    wharf(rig, "containers", "create", IMAGE, "t0", "true")
+    runtime = json.loads(wharf(rig, "containers", "info", "t0").stdout)["Runtime"]
+    assert runtime == {"Name": OURS, "Options": {"type_url": "containerd.runc.v1.Options"}}
+    wharf(rig, "containers", "rm", "t0")
+
+
+def test_run_rm_prints_hi(rig: TaskRig, shim: Shim) -> None:
     rig.ids.add("t1")
-    result = wharf(rig, "run", "--rm", *runc_root(rig), IMAGE, "t1", "echo", "hi")
+    result = wharf(rig, "run", "--rm", *runc_root(rig, shim), IMAGE, "t1", "echo", "hi")
     assert result.stdout == "hi\n"
     assert wharf(rig, "containers", "ls", "-q").stdout == ""
     assert wharf(rig, "tasks", "ls", "-q").stdout == ""
@@ -131,13 +182,14 @@ def test_run_with_our_shim_and_exit_code(rig: TaskRig) -> None:
     assert (result.returncode, result.stdout) == (4, "out\n"), result.stderr
 
 
-def test_task_commands(rig: TaskRig) -> None:
+def test_task_commands(rig: TaskRig, shim: Shim) -> None:
     rig.ids.add("t3")
-    wharf(rig, "run", "-d", *runc_root(rig), IMAGE, "t3", "sleep", "1000")
+    wharf(rig, "run", "-d", *runc_root(rig, shim), IMAGE, "t3", "sleep", "1000")
     lines = wharf(rig, "tasks", "ls").stdout.splitlines()
     assert re.fullmatch(r"TASK {4,}PID {4,}STATUS {4}", lines[0]), lines[0]
     name, pid, status = lines[1].split()
     assert (name, status) == ("t3", "RUNNING") and int(pid) > 0
+    assert shim_kind(rig, int(pid)) == shim.runtime
     assert wharf(rig, "tasks", "ls", "-q").stdout == "t3\n"
     assert pid in wharf(rig, "tasks", "ps", "t3").stdout.split()
     assert wharf(rig, "tasks", "exec", "--exec-id", "e1", "t3", "echo", "in-exec").stdout == "in-exec\n"
@@ -163,25 +215,25 @@ def test_task_commands(rig: TaskRig) -> None:
     wharf(rig, "containers", "rm", "t3")
 
 
-def test_start_attached_and_force_delete(rig: TaskRig) -> None:
+def test_start_attached_and_force_delete(rig: TaskRig, shim: Shim) -> None:
     rig.ids.update({"t4", "t5"})
-    wharf(rig, "containers", "create", *runc_root(rig), IMAGE, "t4", "sh", "-c", "echo started; exit 2")
+    wharf(rig, "containers", "create", *runc_root(rig, shim), IMAGE, "t4", "sh", "-c", "echo started; exit 2")
     result = wharf(rig, "tasks", "start", "t4", check=False)
     assert (result.returncode, result.stdout) == (2, "started\n")
     assert wharf(rig, "tasks", "rm", "t4", check=False).returncode == 2
-    wharf(rig, "containers", "create", *runc_root(rig), IMAGE, "t5", "sleep", "1000")
+    wharf(rig, "containers", "create", *runc_root(rig, shim), IMAGE, "t5", "sleep", "1000")
     wharf(rig, "tasks", "start", "-d", "t5")
     assert wharf(rig, "tasks", "rm", "-f", "t5", check=False).returncode == 137
     wharf(rig, "containers", "rm", "t4", "t5")
 
 
-def test_run_tty_raw_and_resized(rig: TaskRig) -> None:
+def test_run_tty_raw_and_resized(rig: TaskRig, shim: Shim) -> None:
     """``run -t`` under a pseudo terminal of 33x77: the task's terminal gets that size."""
     rig.ids.add("t6")
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
     cmd = [WHARF, "--address", str(rig.daemon.address), "--namespace", rig.ns]
-    cmd += ["run", "--rm", "-t", *runc_root(rig), IMAGE, "t6", "stty", "size"]
+    cmd += ["run", "--rm", "-t", *runc_root(rig, shim), IMAGE, "t6", "stty", "size"]
     proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
     os.close(slave)
     output = b""
@@ -207,12 +259,12 @@ def test_oci_spec_prints_default() -> None:
     assert spec["process"]["rlimits"] == [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}]
 
 
-def test_attach_to_fifos(rig: TaskRig) -> None:
+def test_attach_to_fifos(rig: TaskRig, shim: Shim) -> None:
     """``tasks attach`` copies stdio through the FIFOs another client created the task with."""
     from e2e.task_support import Stdio
     from wharfd.api.services.tasks.v1 import tasks_pb2 as tpb
 
-    rig.create_container("t7", ["sh", "-c", "read x; echo got $x"])
+    rig.create_container("t7", ["sh", "-c", "read x; echo got $x"], runtime=shim.runtime)
     stdio = Stdio(rig.base / "fifo", "t7")
     # The creating client's read ends: the shim can open its write ends; the pipes keep the data.
     holders = [os.open(path, os.O_RDONLY | os.O_NONBLOCK) for path in (stdio.stdout, stdio.stderr)]

@@ -298,23 +298,19 @@ def _create(args: argparse.Namespace) -> None:
 def load_image(client: Client, ref: str, snapshotter: str) -> UnpackedImage:
     """Read an image's config through the content store; FailedPrecondition unless it is unpacked."""
     from wharfd.api.services.images.v1 import images_pb2 as ipb
-    from wharfd.api.services.snapshots.v1 import snapshots_pb2 as spb
     from wharfd.runtime import errors
-    from wharfd.runtime.ctr.images import ImageReader, target_of
+    from wharfd.runtime.ctr.images import image_reader, snapshot_exists, target_of
     from wharfd.runtime.oci.image_config import RunConfig
 
     image = client.images.Get(ipb.GetImageRequest(name=ref)).image
-    reader = ImageReader(client)
+    reader = image_reader(client)
     target = target_of(image)
-    document = reader.config(reader.resolve(target).config)
-    config = RunConfig.from_json(document.get("config"), what=f"image {ref}: config")
+    config = RunConfig.from_json(reader.image_config(target).get("config"), what=f"image {ref}: config")
     chain = reader.chain_id(target)
-    try:
-        client.snapshots.Stat(spb.StatSnapshotRequest(snapshotter=snapshotter, key=chain))
-    except errors.NotFound:
+    if not snapshot_exists(client, snapshotter, chain):
         raise errors.FailedPrecondition(
             f"image {ref} is not unpacked in snapshotter {snapshotter} (pull it again to unpack it)"
-        ) from None
+        )
     # ctr's order: image config labels (not containerd's own), then the image's labels.
     labels = {k: v for k, v in config.labels.items() if not k.startswith(RESERVED_LABEL_PREFIXES)}
     return UnpackedImage(image.name, config, chain, labels | dict(image.labels))

@@ -13,10 +13,9 @@ which is what ctr's default (transfer service) tag does.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from wharfd.runtime.ctr import commands
@@ -32,8 +31,9 @@ from wharfd.runtime.ctr.tabwriter import Writer
 if TYPE_CHECKING:
     from wharfd.runtime.client import Client
     from wharfd.runtime.ctr.commands import Subparsers
-    from wharfd.runtime.images.manifest import Descriptor, Manifest
-    from wharfd.runtime.images.platforms import Ordered, Platform
+    from wharfd.runtime.images.manifest import Descriptor
+    from wharfd.runtime.images.platforms import Ordered
+    from wharfd.runtime.images.reader import ImageReader
 
 _HEX64 = re.compile(r"[a-f0-9]{64}")
 
@@ -92,145 +92,24 @@ def register(subparsers: Subparsers) -> None:
 # --- reading images through the content store --------------------------------
 
 
-class ImageReader:
-    """Walks an image's index/manifest/config as ctr's image helpers do, caching what it reads."""
+def image_reader(client: Client, matcher: Ordered | None = None) -> ImageReader:
+    """An image reader over the daemon's ``Content.Read``, for the host's platforms unless ``matcher`` says."""
+    from wharfd.runtime.ctr.content import read_blob
+    from wharfd.runtime.images.reader import ImageReader
 
-    def __init__(self, client: Client) -> None:
-        from wharfd.runtime.images import platforms
+    return ImageReader(lambda digest, limit: read_blob(client, digest, limit), matcher)
 
-        self.client = client
-        self.matcher: Ordered = platforms.default()
-        self._blobs: dict[str, bytes] = {}
 
-    def read(self, desc: Descriptor, limit: int) -> bytes:
-        """The blob ``desc`` names (NotFound when the store lacks it)."""
-        from wharfd.runtime.ctr.content import read_blob
+def snapshot_exists(client: Client, snapshotter: str, key: str) -> bool:
+    """Whether snapshot ``key`` exists: for an image's chain id, whether the image is unpacked there."""
+    from wharfd.api.services.snapshots.v1 import snapshots_pb2 as spb
+    from wharfd.runtime import errors
 
-        if desc.digest not in self._blobs:
-            self._blobs[desc.digest] = read_blob(self.client, desc.digest, limit)
-        return self._blobs[desc.digest]
-
-    def children(self, desc: Descriptor) -> list[Descriptor]:
-        """An index's manifests, or a manifest's config and layers; nothing for other types."""
-        from wharfd.runtime.images import manifest, mediatypes
-
-        if mediatypes.is_manifest(desc.media_type):
-            return manifest.children(self.manifest(desc))
-        if mediatypes.is_index(desc.media_type):
-            data = self.read(desc, manifest.MAX_MANIFEST_SIZE)
-            return list(
-                manifest.parse_index(data, media_type=desc.media_type, what=f"index {desc.digest}").manifests
-            )
-        return []
-
-    def manifest(self, desc: Descriptor) -> Manifest:
-        """The image manifest ``desc`` names."""
-        from wharfd.runtime.images import manifest
-
-        data = self.read(desc, manifest.MAX_MANIFEST_SIZE)
-        return manifest.parse_manifest(data, media_type=desc.media_type, what=f"manifest {desc.digest}")
-
-    def config(self, desc: Descriptor) -> dict[str, Any]:
-        """An image config as plain JSON (only its platform and diff ids are used)."""
-        from wharfd.runtime import errors
-        from wharfd.runtime.images import manifest
-
-        try:
-            obj = json.loads(self.read(desc, manifest.MAX_CONFIG_SIZE))
-        except ValueError as exc:
-            raise errors.InvalidArgument(f"image config {desc.digest}: not valid JSON: {exc}") from exc
-        if not isinstance(obj, dict):
-            raise errors.InvalidArgument(f"image config {desc.digest}: expected a JSON object")
-        return obj
-
-    def config_platform(self, desc: Descriptor) -> Platform:
-        """The normalized platform an image config declares."""
-        from wharfd.runtime.images import platforms
-
-        return platforms.normalize(
-            platforms.Platform.from_json(self.config(desc), what=f"image config {desc.digest}")
-        )
-
-    def size(self, target: Descriptor, add: Callable[[int], None]) -> None:
-        """Feed ``add`` the size of every blob of the host's manifest: index, manifest, config, layers."""
-        from wharfd.runtime import errors
-        from wharfd.runtime.images import manifest, mediatypes
-
-        if target.size < 0:
-            raise errors.InvalidArgument(
-                f"invalid size {target.size} in {target.digest} ({target.media_type})"
-            )
-        add(target.size)
-        kids = [d for d in self.children(target) if d.platform is None or self.matcher.match(d.platform)]
-        if mediatypes.is_index(target.media_type):
-            kids = manifest.select(manifest.Index(target.media_type, tuple(kids)), self.matcher, 1)
-            if not kids:
-                raise errors.NotFound("no match for platform in manifest: not found")
-        for kid in kids:
-            self.size(kid, add)
-
-    def platforms(self, desc: Descriptor) -> list[Platform]:
-        """Every platform an image offers: its index entries', else its config's."""
-        from wharfd.runtime.images import mediatypes
-
-        if desc.platform is not None:
-            unknown = "unknown" in (desc.platform.os, desc.platform.architecture)
-            return [] if unknown else [desc.platform]
-        if mediatypes.is_config(desc.media_type):
-            return [self.config_platform(desc)]
-        return [p for kid in self.children(desc) for p in self.platforms(kid)]
-
-    def resolve(self, target: Descriptor) -> Manifest:
-        """The manifest for this host (containerd's ``images.Manifest``); NotFound when there is none."""
-        from wharfd.runtime import errors
-        from wharfd.runtime.images import manifest, mediatypes
-
-        found: list[Manifest] = []
-        was_index = False
-
-        def visit(desc: Descriptor) -> None:
-            nonlocal was_index
-            if mediatypes.is_manifest(desc.media_type):
-                mfst = self.manifest(desc)
-                # The root is taken as is; an index entry must suit this host.
-                if desc.digest == target.digest or self.matcher.match(
-                    desc.platform or self.config_platform(mfst.config)
-                ):
-                    found.append(mfst)
-            elif mediatypes.is_index(desc.media_type):
-                was_index = True
-                data = self.read(desc, manifest.MAX_MANIFEST_SIZE)
-                index = manifest.parse_index(data, media_type=desc.media_type, what=f"index {desc.digest}")
-                for entry in manifest.select(index, self.matcher, 1):
-                    visit(entry)
-            else:
-                raise errors.NotFound(f"unexpected media type {desc.media_type} for {desc.digest}: not found")
-
-        visit(target)
-        if not found:
-            what = "no match for platform in manifest" if was_index else "manifest"
-            raise errors.NotFound(f"{what} {target.digest}: not found")
-        return found[0]
-
-    def is_unpacked(self, target: Descriptor, snapshotter: str) -> bool:
-        """Whether the snapshot named by the chain id of the host manifest's layers exists."""
-        from wharfd.api.services.snapshots.v1 import snapshots_pb2 as spb
-        from wharfd.runtime import errors
-
-        key = self.chain_id(target)
-        try:
-            self.client.snapshots.Stat(spb.StatSnapshotRequest(snapshotter=snapshotter, key=key))
-        except errors.NotFound:
-            return False
-        return True
-
-    def chain_id(self, target: Descriptor) -> str:
-        """The chain id of the host manifest's layers, from its config's diff ids."""
-        from wharfd.runtime.images.chainid import chain_id
-
-        rootfs = self.config(self.resolve(target).config).get("rootfs")
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        return chain_id([str(d) for d in diff_ids or ()])
+    try:
+        client.snapshots.Stat(spb.StatSnapshotRequest(snapshotter=snapshotter, key=key))
+    except errors.NotFound:
+        return False
+    return True
 
 
 def target_of(image: Any) -> Descriptor:
@@ -262,7 +141,7 @@ def _list(args: argparse.Namespace) -> None:
             for image in images:
                 print(image.name)
             return
-        reader = ImageReader(client)
+        reader = image_reader(client)
         tw = Writer(sys.stdout, 1, 8, 1)
         tw.write("REF\tTYPE\tDIGEST\tSIZE\tPLATFORMS\tLABELS\t\n")
         for image in images:
@@ -307,20 +186,20 @@ def _check(args: argparse.Namespace) -> None:
         if not images:
             return
         snapshotter = resolve_snapshotter(client, args.snapshotter)
-        reader = ImageReader(client)
+        reader = image_reader(client)
         tw = Writer(sys.stdout, 1, 8, 1)
         if not args.quiet:
             tw.write("REF\tTYPE\tDIGEST\tSTATUS\tSIZE\tUNPACKED\t\n")
         for image in images:
             target = target_of(image)
             try:
-                status, size, complete = _check_content(reader, target)
+                status, size, complete = _check_content(client, reader, target)
             except errors.WharfError as exc:
                 failure = failure or f"unable to check {image.name}: {describe(exc)}"
                 commands.log.error("unable to check %s: %s", image.name, describe(exc))
                 status, size, complete = "error", "-", False
             try:
-                unpacked = reader.is_unpacked(target, snapshotter)
+                unpacked = snapshot_exists(client, snapshotter, reader.chain_id(target))
             except errors.WharfError as exc:
                 failure = failure or f"unable to check unpack for {image.name}: {describe(exc)}"
                 commands.log.error("unable to check unpack for %s: %s", image.name, describe(exc))
@@ -336,7 +215,7 @@ def _check(args: argparse.Namespace) -> None:
         raise commands.CommandError(failure)
 
 
-def _check_content(reader: ImageReader, target: Descriptor) -> tuple[str, str, bool]:
+def _check_content(client: Client, reader: ImageReader, target: Descriptor) -> tuple[str, str, bool]:
     """STATUS, SIZE and completeness of an image's blobs for this host, as ``images.Check`` sees them."""
     from wharfd.api.services.content.v1 import content_pb2 as cpb
     from wharfd.runtime import errors
@@ -349,7 +228,7 @@ def _check_content(reader: ImageReader, target: Descriptor) -> tuple[str, str, b
     present = []
     for desc in required:
         try:
-            reader.client.content.Info(cpb.InfoRequest(digest=desc.digest))
+            client.content.Info(cpb.InfoRequest(digest=desc.digest))
         except errors.NotFound:
             continue
         present.append(desc)
@@ -471,9 +350,9 @@ def _usage(args: argparse.Namespace) -> None:
             image = client.images.Get(pb.GetImageRequest(name=ref)).image
         except errors.WharfError as exc:
             raise commands.CommandError(f"failed to ensure if image {ref} exists: {describe(exc)}") from exc
-        reader = ImageReader(client)
         try:
-            unpacked = reader.is_unpacked(target_of(image), snapshotter)
+            key = image_reader(client).chain_id(target_of(image))
+            unpacked = snapshot_exists(client, snapshotter, key)
         except errors.WharfError as exc:
             raise commands.CommandError(
                 f"failed to ensure if image {ref} has been unpacked in snapshotter {snapshotter}: {describe(exc)}"
@@ -482,7 +361,6 @@ def _usage(args: argparse.Namespace) -> None:
             raise commands.CommandError(f"image {ref} isn't unpacked in snapshotter {snapshotter}")
         tw = Writer(sys.stdout, 1, 8, 1)
         tw.write("KEY\tSIZE\tINODES\t\n")
-        key = reader.chain_id(target_of(image))
         while key:
             try:
                 usage = client.snapshots.Usage(spb.UsageRequest(snapshotter=snapshotter, key=key))

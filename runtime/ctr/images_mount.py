@@ -34,7 +34,7 @@ def lease_id(target: str) -> str:
 def mount(client: Client, ref: str, target: str, snapshotter: str, *, platform: str, rw: bool) -> str:
     """Mount ``ref``'s rootfs on ``target``; return the chain id (printed by ctr before the target)."""
     from wharfd.api.services.images.v1 import images_pb2 as ipb
-    from wharfd.runtime.ctr.images import ImageReader, target_of
+    from wharfd.runtime.ctr.images import image_reader, snapshot_exists, target_of
     from wharfd.runtime.ctr.leases import LEASE_METADATA_KEY
     from wharfd.runtime.images import platforms
 
@@ -42,12 +42,10 @@ def mount(client: Client, ref: str, target: str, snapshotter: str, *, platform: 
     metadata = ((LEASE_METADATA_KEY, lease),)
     try:
         image = client.images.Get(ipb.GetImageRequest(name=ref)).image
-        reader = ImageReader(client)
-        if platform:
-            reader.matcher = platforms.only(platforms.parse(platform))
-        if not reader.is_unpacked(target_of(image), snapshotter):
-            _unpack(client, image.name, platform, snapshotter, metadata)
+        reader = image_reader(client, platforms.only(platforms.parse(platform)) if platform else None)
         chain = reader.chain_id(target_of(image))
+        if not snapshot_exists(client, snapshotter, chain):
+            _unpack(client, image.name, platform, snapshotter, metadata)
         print(chain)
         _attach(client, target, chain, snapshotter, rw=rw, metadata=metadata)
     except BaseException:

@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from wharfd.runtime.oci.image_config import RunConfig
     from wharfd.runtime.oci.spec import Spec, SpecOpt
 
-DEFAULT_RUNTIME = "io.containerd.runc.v2"
+# Unlike ctr (io.containerd.runc.v2), the default is the shim installed with wharfd, so a node
+# needs no containerd package; --runtime io.containerd.runc.v2 drives containerd's stock shim.
+DEFAULT_RUNTIME = "io.containerd.wharf.v2"
+STOCK_RUNC_RUNTIME = "io.containerd.runc.v2"
+# The runtimes that take runc v2's options (containerd.runc.v1.Options).
+RUNC_RUNTIMES = (DEFAULT_RUNTIME, STOCK_RUNC_RUNTIME)
 RUNC_OPTIONS_TYPE_URL = "containerd.runc.v1.Options"
 # ctr's validNamespace: the types --with-ns may join ("time" is not among them).
 JOINABLE_NAMESPACES = ("pid", "network", "uts", "mount", "user", "ipc", "cgroup")
@@ -52,7 +57,11 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     from wharfd.runtime.ctr.snapshots import add_snapshotter_flag
 
     add = parser.add_argument
-    add("--runtime", default=DEFAULT_RUNTIME, help="Runtime name (default %(default)s)")
+    add(
+        "--runtime",
+        default=DEFAULT_RUNTIME,
+        help=f"Runtime name (default %(default)s, wharfd's shim; {STOCK_RUNC_RUNTIME} runs containerd's stock shim)",
+    )
     add("--runc-binary", default="", help="Specify runc-compatible binary")
     add("--runc-root", default="", help="Specify runc-compatible root")
     add("--runc-systemd-cgroup", action="store_true", help="Start runc with systemd cgroup manager")
@@ -318,16 +327,18 @@ def build_spec(
 
 
 def runtime_options(args: argparse.Namespace) -> any_pb2.Any | None:
-    """The runtime options ctr sends: ``containerd.runc.v1.Options`` for runc v2, else none."""
+    """The runtime options ctr sends for runc v2, ``containerd.runc.v1.Options``, here for both
+    runtimes that take them (:data:`RUNC_RUNTIMES`); none for any other runtime."""
     from google.protobuf import any_pb2
 
     from wharfd.api.types.runc.options import oci_pb2
 
-    if (args.runc_binary or args.runc_systemd_cgroup) and args.runtime != DEFAULT_RUNTIME:
-        raise commands.CommandError(
-            f'specifying runc-binary and runc-systemd-cgroup is only supported for "{DEFAULT_RUNTIME}" runtime'
-        )
-    if args.runtime != DEFAULT_RUNTIME:
+    if args.runtime not in RUNC_RUNTIMES:
+        if args.runc_binary or args.runc_systemd_cgroup:
+            supported = " and ".join(f'"{r}"' for r in RUNC_RUNTIMES)
+            raise commands.CommandError(
+                f"specifying runc-binary and runc-systemd-cgroup is only supported for {supported} runtimes"
+            )
         return None
     if args.runc_systemd_cgroup and not args.cgroup:
         raise commands.CommandError(

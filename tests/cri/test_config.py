@@ -60,7 +60,9 @@ def test_defaults_without_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert cri["sandbox_image"] == "registry.k8s.io/pause:3.10"
     assert cri["stream_idle_timeout"] == "4h0m0s"
     assert cri["containerd"]["default_runtime_name"] == "runc"
-    assert cri["containerd"]["runtimes"]["runc"]["runtime_type"] == "io.containerd.runc.v2"
+    # The default handler runs the shim installed with wharfd, not containerd's.
+    assert cri["containerd"]["runtimes"]["runc"]["runtime_type"] == "io.containerd.wharf.v2"
+    assert cri["containerd"]["runtimes"]["runc"]["options"] == config.RUNC_OPTIONS
     assert cri["containerd"]["runtimes"]["wharf"]["runtime_type"] == "io.containerd.wharf.v2"
     assert cri["containerd"]["runtimes"]["wharf"]["options"] == config.RUNC_OPTIONS
     assert cri["cni"]["bin_dir"] == "/opt/cni/bin"
@@ -158,7 +160,7 @@ pause_threshold = 0
     assert cfg.grpc.uid == 1000 and cfg.grpc.address == "/run/wharfd/wharfd.sock"
     runc = cfg.plugin(CRI)["containerd"]["runtimes"]["runc"]
     assert runc["options"]["SystemdCgroup"] is True
-    assert runc["options"]["BinaryName"] == "" and runc["runtime_type"] == "io.containerd.runc.v2"
+    assert runc["options"]["BinaryName"] == "" and runc["runtime_type"] == "io.containerd.wharf.v2"
     gc = cfg.plugin("io.containerd.gc.v1.scheduler")
     assert gc["pause_threshold"] == 0.0 and isinstance(gc["pause_threshold"], float)
     assert gc["mutation_threshold"] == 100
@@ -191,6 +193,52 @@ ConfigPath = "/etc/kata/configuration.toml"
     # Another shim's options are its own: passed through, not filled with runc's.
     assert kata["options"] == {"ConfigPath": "/etc/kata/configuration.toml"}
     assert cfg.warnings == []
+
+
+def test_a_containerd_config_naming_the_stock_shim_keeps_it(tmp_path: Path) -> None:
+    """A node's containerd config that says io.containerd.runc.v2 still drives the stock shim, with runc's options."""
+    cfg = load_text(
+        tmp_path,
+        """
+version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+runtime_type = "io.containerd.runc.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+SystemdCgroup = true
+NoSuchOption = 1
+""",
+    )
+    runtimes = cfg.plugin(CRI)["containerd"]["runtimes"]
+    assert runtimes["runc"]["runtime_type"] == config.RUNC_V2
+    assert runtimes["runc"]["options"] == {**config.RUNC_OPTIONS, "SystemdCgroup": True}
+    assert runtimes["wharf"]["runtime_type"] == config.WHARF_V2
+    assert cfg.warnings == [
+        f"{tmp_path / 'config.toml'}: {CRI_KEY}.containerd.runtimes.runc.options.NoSuchOption: "
+        "unknown runc option (ignored)"
+    ]
+    assert (
+        tomllib.loads(config.dumps(cfg.to_tree()))["plugins"][CRI]["containerd"]["runtimes"]["runc"][
+            "runtime_type"
+        ]
+        == "io.containerd.runc.v2"
+    )
+
+
+def test_the_default_handler_may_name_another_shim(tmp_path: Path) -> None:
+    """runc's entry given a non-runc type keeps that shim's options unchecked (runc's would warn)."""
+    cfg = load_text(
+        tmp_path,
+        """
+version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+runtime_type = "io.containerd.kata.v2"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+ConfigPath = "/etc/kata/configuration.toml"
+""",
+    )
+    runc = cfg.plugin(CRI)["containerd"]["runtimes"]["runc"]
+    assert runc["runtime_type"] == "io.containerd.kata.v2"
+    assert runc["options"]["ConfigPath"] == "/etc/kata/configuration.toml" and cfg.warnings == []
 
 
 def test_imports_globs_and_precedence(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from wharfd.runtime.services import boundary
 from wharfd.runtime.services import containers as service
 
 RUNC = "io.containerd.runc.v2"
+WHARF = "io.containerd.wharf.v2"  # the CLI's default runtime
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d*[1-9])?Z")
 
 
@@ -47,7 +48,7 @@ class FakeTasks(tpb_grpc.TasksServicer):
     """A Tasks service whose one task has the status a test sets; records deletes."""
 
     def __init__(self) -> None:
-        self.status: int | None = None
+        self.status: task_pb2.Status | None = None
         self.deleted: list[str] = []
 
     @boundary.unary
@@ -82,7 +83,10 @@ def add(served: Served, cid: str, **fields: Any) -> pb.Container:
     spec = oci_spec.to_any({"ociVersion": "1.1.0", "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}}})
     msg = pb.Container(id=cid, runtime=pb.Container.Runtime(name=RUNC), spec=spec, **fields)
     with served.client() as client:
-        return cli.containers_stub(client).Create(pb.CreateContainerRequest(container=msg)).container
+        created: pb.Container = (
+            cli.containers_stub(client).Create(pb.CreateContainerRequest(container=msg)).container
+        )
+        return created
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -115,7 +119,7 @@ def test_create_keeps_flags_after_the_id_as_the_command() -> None:
         True,
         ["x=1"],
     )
-    assert args.runtime == RUNC
+    assert args.runtime == WHARF
 
 
 def test_missing_arguments_are_reported(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
@@ -379,7 +383,7 @@ def test_create_builds_the_spec_from_the_image(served: Served) -> None:
         "example.com/app:1",
         "native",
         "c1",
-        RUNC,
+        WHARF,
     )
     assert c.runtime.options.type_url == "containerd.runc.v1.Options" and c.runtime.options.value == b""
     assert dict(c.labels) == {

@@ -139,17 +139,31 @@ def test_flag_errors(argv: list[str], message: str) -> None:
         build(*argv, run=run)
 
 
-def test_runtime_options() -> None:
-    default = spec_flags.runtime_options(parse())
+def test_default_runtime_is_wharfs_shim() -> None:
+    assert parse().runtime == "io.containerd.wharf.v2"
+
+
+@pytest.mark.parametrize(
+    "runtime", [[], ["--runtime", "io.containerd.wharf.v2"], ["--runtime", "io.containerd.runc.v2"]]
+)
+def test_runc_runtimes_take_runc_options(runtime: list[str]) -> None:
+    # wharfd's shim takes runc v2's options, so both get them exactly as ctr sends them to runc v2.
+    default = spec_flags.runtime_options(parse(*runtime))
     assert default is not None and default.type_url == "containerd.runc.v1.Options" and default.value == b""
-    tuned = spec_flags.runtime_options(parse("--runc-binary", "crun", "--runc-root", "/r"))
-    assert tuned is not None
+    tuned = spec_flags.runtime_options(parse(*runtime, "--runc-binary", "crun", "--runc-root", "/r"))
+    assert tuned is not None and tuned.type_url == "containerd.runc.v1.Options"
     assert oci_pb2.Options.FromString(tuned.value) == oci_pb2.Options(binary_name="crun", root="/r")
-    assert spec_flags.runtime_options(parse("--runtime", "io.containerd.wharf.v2")) is None
-    with pytest.raises(commands.CommandError, match="only supported for"):
-        spec_flags.runtime_options(parse("--runtime", "io.containerd.wharf.v2", "--runc-binary", "crun"))
+    systemd = spec_flags.runtime_options(parse(*runtime, "--runc-systemd-cgroup", "--cgroup", "m.slice:p:c"))
+    assert systemd is not None and oci_pb2.Options.FromString(systemd.value).systemd_cgroup
     with pytest.raises(commands.CommandError, match="requires --cgroup"):
-        spec_flags.runtime_options(parse("--runc-systemd-cgroup"))
+        spec_flags.runtime_options(parse(*runtime, "--runc-systemd-cgroup"))
+
+
+def test_other_runtimes_take_no_options() -> None:
+    assert spec_flags.runtime_options(parse("--runtime", "io.containerd.kata.v2")) is None
+    for flag in (["--runc-binary", "crun"], ["--runc-systemd-cgroup"]):
+        with pytest.raises(commands.CommandError, match="only supported for"):
+            spec_flags.runtime_options(parse("--runtime", "io.containerd.kata.v2", *flag))
 
 
 def test_go_order_keeps_the_default_spec_as_it_is() -> None:
