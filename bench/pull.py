@@ -1,6 +1,7 @@
-"""Pull + unpack throughput through the Puller, against GNU tar on the same blobs, in the same run.
+"""Pull + unpack throughput against GNU tar, and the daemon's responsiveness while it pulls.
 
     .venv/bin/python bench/pull.py [--runs 3] [--root /dev/shm] [--cache /var/tmp/wharfd-bench-pull]
+        [--mode both|inprocess|daemon] [--via cri|transfer] [--wrap none|diagnose|profile]
 
 Two images are pushed to Debian's docker-registry on 127.0.0.1:
 
@@ -21,6 +22,20 @@ While each pull runs, ``ImageStore.list()`` is called every 5 ms on the same
 loop: its max and p99 latency show whether the pull ever stalls the loop. RSS
 and PSS are sampled every 20 ms for this process and for its descendants
 (the forkserver and the workers); the peaks are shown.
+
+Daemon mode (``--mode daemon``, and the second half of ``both``): the real
+``wharfd`` on a temporary root and socket (as e2e/daemon.py starts it), the
+registry reached through a hosts.toml. Each image is pulled ``--runs`` + 1
+times through CRI PullImage in k8s.io (or ``wharf images pull``, the Transfer
+API, with ``--via transfer``), every image deleted and collected in between.
+Meanwhile a separate client process calls CRI ListImages and containerd
+Images.List in turn, one call every 5 ms over the socket, and times each; the
+same probe with no pull running is the baseline. Also shown: the CPU of the
+daemon's loop thread and of its other threads, how long the loop thread was
+runnable without a core (schedstat), and the peak RSS/PSS of the daemon and
+of the daemon with its fork server and workers. ``--wrap diagnose`` runs the
+daemon with recorders of slow loop callbacks (wall and CPU time), loop lag and
+garbage collections; ``--wrap profile`` with cProfile on its loop thread.
 """
 
 from __future__ import annotations
@@ -29,7 +44,9 @@ import argparse
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
+import pstats
 import resource
 import shutil
 import statistics
@@ -40,11 +57,21 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support lives beside bench/
 
+from e2e.daemon import BIN, Daemon
 from tests.support.images import busybox_files, canonical_json, tar_bytes
 from tests.support.registry import run_registry
+from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
+from wharfd.api.services.content.v1 import content_pb2 as cpb
+from wharfd.api.services.content.v1 import content_pb2_grpc as cpb_grpc
+from wharfd.api.services.images.v1 import images_pb2 as ipb
+from wharfd.api.services.images.v1 import images_pb2_grpc as ipb_grpc
 from wharfd.runtime import events, gc, mount, namespaces, plugin
 from wharfd.runtime.images import mediatypes
 from wharfd.runtime.images.manifest import Descriptor, digest_of
@@ -81,6 +108,7 @@ class Sample:
     lat_p99: float = 0.0
     calls: int = 0
     rss_self: int = 0
+    pss_self: int = 0
     rss_tree: int = 0
     pss_tree: int = 0
     cpu: float = 0.0  # seconds of CPU: this process and its workers (not the registry)
@@ -217,8 +245,8 @@ def gnu_tar(blobs: list[Blob], root: Path, runs: int) -> tuple[float, float]:
     return min(results)
 
 
-def tree_cpu(skip: int) -> float:
-    """CPU seconds so far of this process and its descendants (the workers), but ``skip``'s."""
+def tree_cpu(skip: int, root: int | None = None) -> float:
+    """CPU seconds so far of ``root`` (default: this process) and its descendants, but ``skip``'s."""
     ticks = os.sysconf("SC_CLK_TCK")
     kids: dict[int, list[int]] = {}
     cpu: dict[int, float] = {}
@@ -231,7 +259,7 @@ def tree_cpu(skip: int) -> float:
                 continue
             kids.setdefault(int(fields[1]), []).append(int(entry))
             cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
-    total, todo = 0.0, [os.getpid()]
+    total, todo = 0.0, [os.getpid() if root is None else root]
     while todo:
         pid = todo.pop()
         if pid != skip:
@@ -270,23 +298,26 @@ def memory(pid):
 
 me = int(sys.argv[1])
 skip = {os.getpid(), *map(int, sys.argv[2:])}  # this sampler, the registry
-peak = [0, 0, 0]
+peak = [0, 0, 0, 0]
 import select
 while not select.select([sys.stdin], [], [], 0.02)[0]:
     mem = [memory(p) for p in tree(me, skip)]
-    peak = [max(peak[0], memory(me)[0]), max(peak[1], sum(m[0] for m in mem)), max(peak[2], sum(m[1] for m in mem))]
+    rss, pss = memory(me)
+    now = [rss, pss, sum(m[0] for m in mem), sum(m[1] for m in mem)]
+    peak = [max(a, b) for a, b in zip(peak, now)]
 print(*peak)
 """
 
 
 @contextlib.contextmanager
-def sampling(sample: Sample, skip: int) -> Iterator[None]:
-    """Sample memory every 20 ms from another process (a thread here would compete for the GIL).
+def sampling(sample: Sample, skip: int, root: int | None = None) -> Iterator[None]:
+    """Sample memory of ``root`` (default: this process) and its descendants every 20 ms.
 
-    ``skip`` is a child process not to count (the registry).
+    From another process (a thread here would compete for the GIL). ``skip`` is
+    a child process not to count (the registry).
     """
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SAMPLER, str(os.getpid()), str(skip)],
+        [sys.executable, "-c", _SAMPLER, str(os.getpid() if root is None else root), str(skip)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -295,7 +326,7 @@ def sampling(sample: Sample, skip: int) -> Iterator[None]:
         yield
     finally:
         out, _ = proc.communicate("stop\n")
-        sample.rss_self, sample.rss_tree, sample.pss_tree = (int(x) for x in out.split())
+        sample.rss_self, sample.pss_self, sample.rss_tree, sample.pss_tree = (int(x) for x in out.split())
 
 
 async def probe(images: object, latencies: list[float], stop: asyncio.Event) -> None:
@@ -415,6 +446,388 @@ def report(
     )
 
 
+# --- through the real daemon --------------------------------------------------------------------
+
+DOMAIN = "bench.wharf.test"  # a hosts.toml sends it to the local registry over HTTP
+K8S = (("containerd-namespace", "k8s.io"),)
+PROBE_PERIOD = 0.005
+
+# A separate client process (as kubelet is): CRI ListImages and containerd Images.List in turn,
+# one call every PROBE_PERIOD, each timed on the client; stops when a line arrives on stdin.
+_PROBE = r"""
+import json, select, sys, time
+import grpc
+from wharfd.api.cri.v1 import api_pb2 as cri, api_pb2_grpc as cri_grpc
+from wharfd.api.services.images.v1 import images_pb2 as ipb, images_pb2_grpc as ipb_grpc
+
+channel = grpc.insecure_channel("unix://" + sys.argv[1])
+period = float(sys.argv[2])
+calls = {
+    "CRI ListImages": (cri_grpc.ImageServiceStub(channel).ListImages, cri.ListImagesRequest(), ()),
+    "Images.List": (
+        ipb_grpc.ImagesStub(channel).List, ipb.ListImagesRequest(), (("containerd-namespace", "k8s.io"),)
+    ),
+}
+for fn, req, md in calls.values():
+    fn(req, metadata=md, timeout=10)  # connected and warm before anything is timed
+print("ready", flush=True)
+out = {name: [] for name in calls}
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for name, (fn, req, md) in calls.items():
+        start = time.monotonic()
+        fn(req, metadata=md, timeout=30)
+        out[name].append((start, time.monotonic() - start))
+        time.sleep(period)
+print(json.dumps(out), flush=True)
+"""
+
+# Runs the daemon with two observers on its event loop (``--diagnose``): every callback that
+# holds the loop longer than the threshold is recorded with what ran, and a timer task measures
+# how late the loop wakes it (lag). Written as JSON to $WHARFD_BENCH_DIAG at exit.
+_DIAG_DAEMON = r"""
+import asyncio, atexit, json, os, sys, time
+from wharfd.cri import daemon
+
+THRESHOLD = float(os.environ.get("WHARFD_BENCH_SLOW", "0.003"))
+if os.environ.get("WHARFD_BENCH_SWITCH"):
+    sys.setswitchinterval(float(os.environ["WHARFD_BENCH_SWITCH"]))
+slow, lags = [], []
+_run = asyncio.events.Handle._run
+
+def describe(handle):
+    cb = handle._callback
+    task = getattr(cb, "__self__", None)
+    coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+    if coro is not None:
+        where = "done"
+        while coro is not None:  # down to the innermost awaited coroutine
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is None:
+                break
+            where = f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno}"
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+        return f"task {getattr(task.get_coro(), '__qualname__', '?')} (now at {where})"
+    return f"{getattr(cb, '__qualname__', cb)} {getattr(getattr(cb, '__code__', None), 'co_filename', '')}"
+
+def timed(self):
+    start, cpu = time.monotonic(), time.thread_time()
+    _run(self)
+    took = time.monotonic() - start
+    if took > THRESHOLD:
+        # CPU time of the loop thread: the rest of ``took`` it waited (for the GIL, or a core).
+        slow.append((start, took, time.thread_time() - cpu, describe(self)))
+
+asyncio.events.Handle._run = timed
+
+import gc, threading
+collections, _gc_start = [], {}
+
+def gc_timer(phase, info):
+    # Collections of every thread: each stops the whole interpreter (it holds the GIL).
+    if phase == "start":
+        _gc_start[threading.get_ident()] = time.monotonic()
+    elif (began := _gc_start.pop(threading.get_ident(), None)) is not None:
+        collections.append((began, time.monotonic() - began, info["generation"], info["collected"]))
+
+gc.callbacks.append(gc_timer)
+
+async def lag_probe():
+    while True:
+        start = time.monotonic()
+        await asyncio.sleep(0.001)
+        lags.append((start, time.monotonic() - start - 0.001))
+
+_asyncio_run = asyncio.run
+
+def run(main, **kwargs):
+    async def observed():
+        probe = asyncio.ensure_future(lag_probe())
+        try:
+            return await main
+        finally:
+            probe.cancel()
+    return _asyncio_run(observed(), **kwargs)
+
+asyncio.run = run
+
+@atexit.register
+def dump():
+    with open(os.environ["WHARFD_BENCH_DIAG"], "w") as f:
+        json.dump({"slow": slow, "lags": lags, "gc": collections}, f)
+
+sys.exit(daemon.main(sys.argv[1:]))
+"""
+
+# cProfile of the daemon's main thread (the event loop), written to $WHARFD_BENCH_PROFILE at exit.
+_PROFILE_DAEMON = r"""
+import cProfile, os, sys
+from wharfd.cri import daemon
+profiler = cProfile.Profile()
+code = profiler.runcall(daemon.main, sys.argv[1:])
+profiler.dump_stats(os.environ["WHARFD_BENCH_PROFILE"])
+sys.exit(code)
+"""
+
+
+@dataclass
+class RpcRun:
+    """One pull through the daemon, with the probe's calls during it."""
+
+    wall: float
+    calls: dict[str, list[tuple[float, float]]]  # kind -> [(monotonic start, latency)]
+    started: float  # monotonic
+    mem: Sample
+    loop_cpu: float  # CPU s of the daemon's main (event loop) thread
+    thread_cpu: list[float]  # CPU s of each other thread of the daemon, largest first
+    loop_waited: float  # s the loop thread was runnable but had no core (schedstat run_delay)
+
+
+@contextlib.contextmanager
+def rpc_probe(address: Path, out: dict[str, list[tuple[float, float]]]) -> Iterator[None]:
+    """The probe process, running for the body."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _PROBE, str(address), str(PROBE_PERIOD)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("the probe process did not start")
+    try:
+        yield
+    finally:
+        stdout, _ = proc.communicate("stop\n", timeout=120)
+        out.update(json.loads(stdout))
+
+
+def start_daemon(base: Path, hosts_dir: Path, wrap: str) -> Daemon:
+    """A wharfd on its own root and socket (as e2e/daemon.py starts it), optionally observed."""
+    config = f'[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{hosts_dir}"\n'
+    d = Daemon(base, config)
+    d.write_config()
+    env = dict(os.environ)
+    if wrap == "none":
+        cmd = [str(BIN / "wharfd")]
+    else:
+        cmd = [sys.executable, "-c", _DIAG_DAEMON if wrap == "diagnose" else _PROFILE_DAEMON]
+        env["WHARFD_BENCH_DIAG"] = str(base / "diag.json")
+        env["WHARFD_BENCH_PROFILE"] = str(base / "daemon.prof")
+    with d.log_path.open("ab") as log:
+        # Not at debug level: logging every request would be the benchmark's own load.
+        d.proc = subprocess.Popen(
+            [*cmd, "--config", str(d.config_path), "--log-level", "info"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=env,
+        )
+    d.wait_ready()
+    return d
+
+
+def remove_images(channel: grpc.Channel) -> None:
+    """Delete every image of k8s.io, the last delete collecting garbage (content and snapshots)."""
+    stub = ipb_grpc.ImagesStub(channel)
+    names = [i.name for i in stub.List(ipb.ListImagesRequest(), metadata=K8S, timeout=60).images]
+    for i, name in enumerate(names):
+        stub.Delete(ipb.DeleteImageRequest(name=name, sync=i == len(names) - 1), metadata=K8S, timeout=120)
+    left = cpb_grpc.ContentStub(channel).List(cpb.ListContentRequest(), metadata=K8S, timeout=60)
+    if any(True for _ in left):
+        raise RuntimeError("content left after deleting every image: the next pull would not download it")
+
+
+def daemon_pull(d: Daemon, channel: grpc.Channel, ref: str, via: str, hosts_dir: Path, skip: int) -> RpcRun:
+    """One pull (CRI PullImage or the Transfer API through ``wharf images pull``) with the probe."""
+    calls: dict[str, list[tuple[float, float]]] = {}
+    assert d.proc is not None
+    mem = Sample(0.0)
+    cpu = tree_cpu(skip, d.proc.pid)
+    threads = thread_cpu(d.proc.pid)
+    delay = run_delay(d.proc.pid)
+    with sampling(mem, skip, d.proc.pid), rpc_probe(d.address, calls):
+        started = time.monotonic()
+        if via == "cri":
+            request = cri.PullImageRequest(image=cri.ImageSpec(image=ref))
+            cri_grpc.ImageServiceStub(channel).PullImage(request, timeout=600)
+        else:
+            d.wharf("images", "pull", "--hosts-dir", str(hosts_dir), ref, namespace="k8s.io")
+        wall = time.monotonic() - started
+    mem.cpu = tree_cpu(skip, d.proc.pid) - cpu
+    waited = run_delay(d.proc.pid) - delay
+    after = thread_cpu(d.proc.pid)
+    main_cpu = after.get(d.proc.pid, 0.0) - threads.get(d.proc.pid, 0.0)
+    others = sorted((v - threads.get(t, 0.0) for t, v in after.items() if t != d.proc.pid), reverse=True)
+    # Only the calls made while the pull ran.
+    during = {k: [c for c in v if started <= c[0] <= started + wall] for k, v in calls.items()}
+    return RpcRun(wall, during, started, mem, main_cpu, others, waited)
+
+
+def run_delay(pid: int, tid: int | None = None) -> float:
+    """Seconds thread ``tid`` of ``pid`` (its main thread by default) spent runnable, waiting for a core."""
+    try:
+        with open(f"/proc/{pid}/task/{tid or pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each thread of ``pid``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError, IndexError):
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def daemon_idle(d: Daemon, seconds: float) -> dict[str, list[tuple[float, float]]]:
+    """The probe with no pull running."""
+    calls: dict[str, list[tuple[float, float]]] = {}
+    with rpc_probe(d.address, calls):
+        time.sleep(seconds)
+    return calls
+
+
+def _stats(latencies: list[float]) -> str:
+    if not latencies:
+        return "no calls"
+    ms = sorted(x * 1e3 for x in latencies)
+    p99 = statistics.quantiles(ms, n=100)[98] if len(ms) > 2 else ms[-1]
+    return f"median {statistics.median(ms):5.2f}  p99 {p99:6.2f}  max {ms[-1]:6.2f} ms  ({len(ms)} calls)"
+
+
+def report_daemon(
+    name: str,
+    blobs: list[Blob],
+    via: str,
+    runs: list[RpcRun],
+    idle: dict[str, list[tuple[float, float]]],
+) -> None:
+    """Print one image's figures through the daemon (the first pull of the first image starts the pool)."""
+    cold, warm = runs[0], runs[1:] or runs
+    size = sum(b.size for b in blobs)
+    mb = 1e6
+    walls = [r.wall for r in warm]
+    print(f"\nimage {name} through the daemon ({via}), {size / mb:.1f} MB gzip")
+    print(
+        f"  pull wall: first {cold.wall:.3f} s; warm best {min(walls):.3f} s ({size / min(walls) / mb:.0f} MB/s), "
+        f"median {statistics.median(walls):.3f} s; runs {[round(w, 3) for w in walls]}"
+    )
+    print(
+        f"  CPU s per warm pull: daemon + workers {statistics.median(r.mem.cpu for r in warm):.2f}; "
+        f"the daemon's loop thread {statistics.median(r.loop_cpu for r in warm):.2f}, its other threads "
+        f"{statistics.median(sum(r.thread_cpu) for r in warm):.2f} (busiest: "
+        f"{[round(x, 2) for x in warm[-1].thread_cpu[:4]]})"
+    )
+    print(
+        "  the loop thread waited for a core (runnable, not running) "
+        f"{statistics.median(r.loop_waited for r in warm) * 1e3:.0f} ms per warm pull"
+    )
+    for kind in idle:
+        print(f"  {kind:15} no pull:     {_stats([c[1] for c in idle[kind]])}")
+        print(f"  {kind:15} warm pulls:  {_stats([c[1] for r in warm for c in r.calls[kind]])}")
+        print(f"  {kind:15} first pull:  {_stats([c[1] for c in cold.calls[kind]])}")
+    slowest = sorted(
+        (
+            (c[1], kind, c[0] - r.started, i)
+            for i, r in enumerate(runs)
+            for kind in r.calls
+            for c in r.calls[kind]
+        ),
+        reverse=True,
+    )[:5]
+    print(
+        "  slowest calls: "
+        + ", ".join(f"{lat * 1e3:.1f} ms ({kind}, run {i}, at {at:.2f} s)" for lat, kind, at, i in slowest)
+    )
+    m = [r.mem for r in runs]
+    print(
+        f"  peak RSS: daemon {max(x.rss_self for x in m) / mb:.0f} MB (PSS {max(x.pss_self for x in m) / mb:.0f}); "
+        f"with fork server and workers {max(x.rss_tree for x in m) / mb:.0f} MB "
+        f"(PSS {max(x.pss_tree for x in m) / mb:.0f})"
+    )
+
+
+def report_diagnosis(path: Path, windows: list[tuple[float, float]]) -> None:
+    """What held the daemon's loop during the pulls (from the ``--diagnose`` wrapper's file)."""
+    try:
+        diag = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"\n(no diagnosis: {exc})")
+        return
+
+    def inside(t: float) -> bool:
+        return any(a <= t <= b for a, b in windows)
+
+    lags = sorted(lag * 1e3 for t, lag in diag["lags"] if inside(t))
+    if len(lags) > 2:
+        p99 = statistics.quantiles(lags, n=100)[98]
+        print(
+            f"\nloop lag during pulls (1 ms timer): median {statistics.median(lags):.2f} "
+            f"p99 {p99:.2f} max {lags[-1]:.2f} ms"
+        )
+    gcs = [(took * 1e3, gen) for t, took, gen, _ in diag["gc"] if inside(t)]
+    for gen in (0, 1, 2):
+        took = [x for x, g in gcs if g == gen]
+        if took:
+            print(
+                f"garbage collections of generation {gen} during pulls: {len(took)}, "
+                f"{sum(took):.1f} ms in all, max {max(took):.1f} ms"
+            )
+    by_what: dict[str, list[tuple[float, float]]] = {}
+    for t, took, cpu, what in diag["slow"]:
+        if inside(t):
+            by_what.setdefault(what, []).append((took * 1e3, cpu * 1e3))
+    print("callbacks holding the loop > threshold during pulls (count, total ms, of it on CPU, max ms):")
+    for what, took in sorted(by_what.items(), key=lambda kv: -sum(x[0] for x in kv[1]))[:15]:
+        total, cpu = sum(x[0] for x in took), sum(x[1] for x in took)
+        print(f"  {len(took):5d} {total:8.1f} {cpu:8.1f} {max(x[0] for x in took):7.1f}  {what}")
+
+
+def measure_daemon(
+    args: argparse.Namespace, images: dict[str, list[Blob]], registry: Any, refs: dict[str, str]
+) -> None:
+    """Everything in daemon mode: one daemon, pulls of each image, the probe beside them."""
+    with tempfile.TemporaryDirectory(prefix="wharfd-bench-daemon-", dir=args.root) as work:
+        base = Path(work)
+        hosts_dir = base / "certs.d"
+        (hosts_dir / DOMAIN).mkdir(parents=True)
+        (hosts_dir / DOMAIN / "hosts.toml").write_text(f'server = "{registry.url}"\n')
+        d = start_daemon(base / "daemon", hosts_dir, args.wrap)
+        windows: list[tuple[float, float]] = []
+        try:
+            with d.channel() as channel:
+                for name, blobs in images.items():
+                    if args.only and name != args.only:
+                        continue
+                    ref = f"{DOMAIN}/{refs[name].split('/', 1)[1]}"
+                    runs = []
+                    for _ in range(args.runs + 1):  # the first is cold for the first image only
+                        runs.append(daemon_pull(d, channel, ref, args.via, hosts_dir, registry.process.pid))
+                        windows.append((runs[-1].started, runs[-1].started + runs[-1].wall))
+                        remove_images(channel)
+                    idle = daemon_idle(d, statistics.median(r.wall for r in runs))
+                    report_daemon(name, blobs, args.via, runs, idle)
+        finally:
+            code = d.stop(timeout=60)
+            if code != 0:
+                print(d.log()[-3000:])
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copy(d.log_path, Path(args.cache) / "daemon.log")
+            if args.wrap == "diagnose":
+                report_diagnosis(base / "daemon" / "diag.json", windows)
+            elif args.wrap == "profile":
+                out = Path(args.cache) / "daemon.prof"
+                shutil.copy(base / "daemon" / "daemon.prof", out)
+                stats = pstats.Stats(str(out))
+                print(f"\ndaemon main-thread profile (all of its life) in {out}; top by own time:")
+                stats.sort_stats("tottime").print_stats(25)
+
+
 def main() -> None:
     """Build, push, measure, print."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -422,6 +835,24 @@ def main() -> None:
     ap.add_argument("--root", default="/dev/shm", help="where the daemon root and tar's directories go")
     ap.add_argument("--cache", default="/var/tmp/wharfd-bench-pull", help="where built layer blobs are kept")
     ap.add_argument("--only", choices=["a", "b"], help="measure one image")
+    ap.add_argument(
+        "--mode",
+        choices=["both", "inprocess", "daemon"],
+        default="both",
+        help="the Puller in this process, the real daemon with a probe process, or both (default)",
+    )
+    ap.add_argument(
+        "--via",
+        choices=["cri", "transfer"],
+        default="cri",
+        help="daemon mode: CRI PullImage or wharf images pull",
+    )
+    ap.add_argument(
+        "--wrap",
+        choices=["none", "diagnose", "profile"],
+        default="none",
+        help="daemon mode: record slow loop callbacks and loop lag, or cProfile the daemon's loop thread",
+    )
     args = ap.parse_args()
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -433,7 +864,7 @@ def main() -> None:
     ):
         refs = {name: asyncio.run(push(reg.host, f"bench/{name}", blobs)) for name, blobs in images.items()}
         for name, blobs in images.items():
-            if args.only and name != args.only:
+            if args.mode == "daemon" or (args.only and name != args.only):
                 continue
             with tempfile.TemporaryDirectory(prefix="wharfd-bench-", dir=args.root) as work:
                 tar = gnu_tar(blobs, Path(work), args.runs)
@@ -441,6 +872,9 @@ def main() -> None:
                     measure(refs[name], Path(work) / "root", args.runs, reg.process.pid)
                 )
             report(name, blobs, cold, warm, idle, tar)
+        if args.mode != "inprocess":
+            print(f"\nload average {os.getloadavg()[0]:.2f} before the daemon runs")
+            measure_daemon(args, images, reg, refs)
     print(f"\nload average after: {os.getloadavg()[0]:.2f} (other work on the machine skews wall times)")
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import errno
 import fcntl
+import gc
 import inspect
 import logging
 import os
@@ -32,13 +34,20 @@ from typing import IO
 import grpc
 
 from wharfd.cri import builtins, config
-from wharfd.runtime import errors, logs, plugin
+from wharfd.runtime import errors, logs, malloc, metrics, plugin, prom
+from wharfd.runtime.events import Exchange
 from wharfd.runtime.ttrpc.server import TtrpcServer
 
 log = logging.getLogger("wharfd")
 
 # How long in-flight calls may run on after SIGTERM before they are cancelled.
 SHUTDOWN_GRACE_SECONDS = 10.0
+# glibc malloc arenas: the main one and one for the other threads (see runtime/malloc.py).
+MALLOC_ARENAS = 2
+# A pull (or an import) ends by creating or updating its image; once such events have been quiet
+# this long, the heap the pull freed (download buffers, parsed manifests) goes back to the kernel.
+TRIM_AFTER_IMAGES = ('topic=="/images/create"', 'topic=="/images/update"')
+TRIM_QUIET_SECONDS = 1.0
 
 
 class StartupError(Exception):
@@ -115,6 +124,22 @@ def _dump_stacks() -> None:
     )
 
 
+async def _trim_after_images(exchange: Exchange) -> None:
+    """Give back the memory of finished pulls: trim the heap when image events go quiet."""
+    async with exchange.subscribe(TRIM_AFTER_IMAGES) as sub:
+        # The queue, not the iterator: a timeout cancelling an async generator would end it.
+        while True:
+            await sub.queue.get()
+            while True:  # a burst (several images, several pulls at once) trims once, at its end
+                try:
+                    async with asyncio.timeout(TRIM_QUIET_SECONDS):
+                        await sub.queue.get()
+                except TimeoutError:
+                    break
+            # In a thread: the trim walks the heap under malloc's lock for a few ms.
+            await asyncio.to_thread(malloc.trim)
+
+
 def _set_oom_score(score: int) -> None:
     if not score:
         return
@@ -133,6 +158,7 @@ class Daemon:
     plugins: plugin.PluginSet | None = None
     server: grpc.aio.Server | None = None
     ttrpc: TtrpcServer | None = None
+    _trimmer: asyncio.Task[None] | None = None
     _lock: IO[str] | None = None
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -167,6 +193,9 @@ class Daemon:
         address = Path(self.cfg.grpc.address)
         ttrpc_address = Path(self.cfg.ttrpc_address())
 
+        if self.cfg.metrics.address and metrics.PLUGIN.uri not in self.cfg.disabled_plugins:
+            # Served metrics count from the first plugin's start (a start-up collection too).
+            prom.enable()
         self.plugins = plugin.PluginSet(
             builtins.registrations(),
             disabled=self.cfg.disabled_plugins,
@@ -208,9 +237,25 @@ class Daemon:
             await health.set_serving(True)
         log.info("serving on %s (ttrpc %s)", address, ttrpc_address)
         log.info("wharfd successfully booted in %.3fs", time.monotonic() - t0)
+        # The modules, plugins and config live as long as the daemon: move them out of the cyclic
+        # collector's reach, so full collections (which walk every tracked object, holding the
+        # GIL for tens of ms) only walk what was made since.
+        gc.collect()
+        gc.freeze()
+        # Start-up's garbage (config parsing, compiling modules without .pyc files) leaves free
+        # pages inside the heap; give them back so the idle daemon holds what it uses.
+        malloc.trim()
+        exchange = self.plugins.instances(plugin.EVENT).get("exchange")
+        if isinstance(exchange, Exchange):
+            self._trimmer = asyncio.create_task(_trim_after_images(exchange), name="malloc-trim")
 
     async def stop(self) -> None:
         """Stop accepting, drain in-flight calls within a bound, then close plugins and sockets."""
+        if self._trimmer is not None:
+            self._trimmer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._trimmer
+            self._trimmer = None
         if self.plugins is not None:
             health = self.plugins.instances(plugin.GRPC).get("healthcheck")
             if health is not None:
@@ -315,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(cfg.debug.level, cfg.debug.format)
     for warning in cfg.warnings:
         log.warning("config: %s", warning)
+    malloc.limit_arenas(MALLOC_ARENAS)  # before the loop's and gRPC's threads start
     try:
         asyncio.run(Daemon(cfg).run())
     except StartupError as exc:

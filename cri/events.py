@@ -25,12 +25,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from prometheus_client import Counter
-
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.events import task_pb2 as events_pb2
 from wharfd.cri.store import Container, CriState, Sandbox, in_k8s_namespace, wait_stopped
 from wharfd.runtime import namespaces
+from wharfd.runtime.prom import Counter
 
 log = logging.getLogger("wharfd.cri.events")
 T = TypeVar("T")

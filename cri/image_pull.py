@@ -119,7 +119,7 @@ class ImagePuller:
         key = (str(ref), snapshotter, _fingerprint(cfg))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._pull(ref, snapshotter, credentials))
+            task = asyncio.get_running_loop().create_task(self._pull(ref, snapshotter, credentials, cfg))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._finished(key, t))
         else:
@@ -139,7 +139,13 @@ class ImagePuller:
             labels[LABEL_PINNED] = PINNED
         return labels
 
-    async def _pull(self, ref: Reference, snapshotter: str, credentials: auth.CredentialsFn | None) -> str:
+    async def _pull(
+        self,
+        ref: Reference,
+        snapshotter: str,
+        credentials: auth.CredentialsFn | None,
+        cfg: auth.AuthConfig | None,
+    ) -> str:
         if self._puller is None:
             raise errors.Unavailable(
                 f'cannot pull image "{ref}": the pull pipeline (io.containerd.transfer.v1.local) is not loaded'
@@ -150,6 +156,7 @@ class ImagePuller:
             snapshotter=snapshotter,
             labels=labels,
             credentials=credentials,
+            credentials_key=_fingerprint(cfg) if credentials is not None else "",
             hosts_dir=self._config.config_path,
             max_concurrent_downloads=self._config.max_concurrent_downloads,
             progress_timeout=self._config.progress_timeout or _NO_PROGRESS_TIMEOUT,

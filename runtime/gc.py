@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from prometheus_client import Counter, Histogram
-
 from wharfd.runtime import plugin
 from wharfd.runtime.metadata.db import Database
+from wharfd.runtime.prom import Counter, Histogram
 
 log = logging.getLogger("wharfd.gc")
 

@@ -5,7 +5,8 @@ over: ``grpc_server_*`` from the gRPC interceptor (with ``grpc_type``,
 ``grpc_service``, ``grpc_method``, ``grpc_code``), ``grpc_server_handling_seconds``
 only when ``[metrics] grpc_histogram`` is on, and a build-info counter.
 The server runs only when ``[metrics] address`` is set; otherwise the plugin
-reports ``skip``.
+reports ``skip``, and neither prometheus_client nor aiohttp is imported (the
+metrics are :mod:`wharfd.runtime.prom`'s, which drop updates until enabled).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
-from wharfd.runtime import plugin, version
+from wharfd.runtime import plugin, prom, version
+from wharfd.runtime.prom import Counter, Histogram
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 BUILD_INFO = Counter("wharfd_build_info", "Build information of the running wharfd", ["version", "revision"])
 _LABELS = ["grpc_type", "grpc_service", "grpc_method"]
@@ -151,6 +154,9 @@ class MetricsServer:
 
 
 async def _serve(request: web.Request) -> web.Response:
+    from aiohttp import web
+    from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
     body = generate_latest(REGISTRY)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -162,6 +168,10 @@ async def _init(ctx: plugin.InitContext) -> MetricsServer:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ValueError(f"[metrics] address {address!r}: expected host:port")
+    # Only a daemon that serves metrics imports the HTTP server and prometheus_client.
+    from aiohttp import web
+
+    prom.enable()  # the daemon did so before any plugin started; in-process users get it here
     BUILD_INFO.labels(version.version(), version.revision()).inc(0)
     app = web.Application()
     app.router.add_get("/v1/metrics", _serve)

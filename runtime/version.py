@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import subprocess
-from importlib import metadata
 from pathlib import Path
 
 PACKAGE = "wharfd"
@@ -18,6 +17,9 @@ CRI_VERSION = "0.1.0"
 @functools.cache
 def version() -> str:
     """The installed package version, e.g. ``0.1.0``."""
+    # importlib.metadata (with zipfile, csv and email) loads only when the version is asked for.
+    from importlib import metadata
+
     try:
         return metadata.version(PACKAGE)
     except metadata.PackageNotFoundError:

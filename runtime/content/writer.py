@@ -178,6 +178,17 @@ class LocalWriter:
             await self.flush()
         return len(data)
 
+    async def blocking_write(self) -> Callable[[bytes | bytearray | memoryview], int]:
+        """The ingest's own (blocking) append, for a thread that streams a whole blob into it.
+
+        Buffered bytes are flushed first. Until the thread is done, make no other
+        write or truncate through this writer; close it only afterwards.
+        """
+        self._check_open()
+        ingest = await self._own_ingest(copy=True)
+        await self.flush()
+        return ingest.write
+
     async def flush(self) -> None:
         """Hand buffered bytes to the ingest (its data file and digest)."""
         if self._pending and self._ingest is not None:

@@ -19,7 +19,9 @@ Two shapes of input, as the two snapshotters produce them:
 
 The tar is PAX, sorted by name, directories before their contents,
 mtimes truncated to seconds, no user/group names: the same trees give the
-same bytes. Hardlinked files are written once and linked after. xattrs go
+same bytes. With ``source_date_epoch`` (whole seconds) every time later than
+it is written as it, whiteouts included (containerd's upper bound on
+modification times, for reproducible layers). Hardlinked files are written once and linked after. xattrs go
 in ``SCHILY.xattr.*`` records except overlay's own (``trusted.overlay.*``)
 and SELinux labels, which belong to the host. Nothing is ever followed: every
 open is relative to a directory descriptor with ``O_NOFOLLOW``, because the
@@ -93,8 +95,9 @@ def _open_dir(dfd: int, base: str) -> int:
 
 
 class _Writer:
-    def __init__(self, tf: tarfile.TarFile) -> None:
+    def __init__(self, tf: tarfile.TarFile, latest: int | None = None) -> None:
         self.tf = tf
+        self.latest = latest  # the source date epoch: no time after it
         self.links: dict[tuple[int, int], str] = {}
         # Unchanged directories above the current position: written only if
         # something below them is, so that apply restores their times (as
@@ -121,11 +124,15 @@ class _Writer:
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
         info.uname = info.gname = ""
-        info.mtime = st.st_mtime_ns // 10**9
+        info.mtime = self.clamp(st.st_mtime_ns // 10**9)
         xattrs = _xattrs(xattr_target)
         if xattrs:
             info.pax_headers = pax_xattrs(xattrs)
         return info
+
+    def clamp(self, mtime: int) -> int:
+        """``mtime``, or the source date epoch if that is earlier."""
+        return mtime if self.latest is None else min(mtime, self.latest)
 
     def entry(self, e: _Entry, dir_fd: int | None = None) -> None:
         """Write one non-whiteout entry; ``dir_fd`` is an open descriptor when ``e`` is a directory."""
@@ -170,7 +177,7 @@ class _Writer:
         info = tarfile.TarInfo(f"{parent}/{name}" if parent else name)
         info.uname = info.gname = ""
         if st is not None:
-            info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, st.st_mtime_ns // 10**9
+            info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, self.clamp(st.st_mtime_ns // 10**9)
         info.mode = 0o644
         self.tf.addfile(info)
 
@@ -319,11 +326,13 @@ def write_diff(
     *,
     overlay: bool = False,
     compression: Compression = Compression.GZIP,
+    source_date_epoch: int | None = None,
 ) -> Diff:
     """Write the layer that turns ``lower`` into ``upper`` to ``out``; see the module docstring.
 
     ``lower=None`` means an empty lower (the first layer, or an overlay upper
-    whose whiteouts should all be kept). ``out`` stays open.
+    whose whiteouts should all be kept). ``out`` stays open. ``source_date_epoch``
+    (seconds since 1970) bounds the times written.
     """
     writer = LayerWriter(out, compression)
     ufd = os.open(upper, _DIR)
@@ -336,7 +345,7 @@ def write_diff(
             encoding="utf-8",
             errors="surrogateescape",
         ) as tf:
-            w = _Writer(tf)
+            w = _Writer(tf, source_date_epoch)
             (_walk_upper if overlay else _walk_trees)(w, ufd, lfd, "")
         writer.close()
     finally:

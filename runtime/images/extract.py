@@ -21,24 +21,28 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import multiprocessing
 import os
 import select
 import stat
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
 from wharfd.runtime import errors
-from wharfd.runtime.images.apply import Applied, Mode, apply_tar
-from wharfd.runtime.images.diff import Diff, write_diff
 from wharfd.runtime.images.layer import Compression, LayerReader
 from wharfd.runtime.snapshots.layout import disk_usage
 from wharfd.runtime.snapshots.snapshotter import Usage
+
+if TYPE_CHECKING:
+    from wharfd.runtime.images.apply import Applied, Mode
+    from wharfd.runtime.images.diff import Diff
+
+# What the workers run, imported by them (the fork server preloads them) rather than by the
+# daemon, which only submits jobs; multiprocessing too waits for the first pool.
+_WORKER_MODULES = ("wharfd.runtime.images.apply", "wharfd.runtime.images.diff", "isal.isal_zlib", "zstandard")
 
 T = TypeVar("T")
 
@@ -141,6 +145,8 @@ def extract(job: ExtractJob) -> Extracted:
 
 
 def _extract(job: ExtractJob, what: str) -> Extracted:
+    from wharfd.runtime.images.apply import Applied, apply_tar
+
     if job.fresh:
         os.makedirs(os.path.dirname(job.target), mode=0o700, exist_ok=True)
         os.mkdir(job.target, 0o700)
@@ -176,11 +182,27 @@ def _extract(job: ExtractJob, what: str) -> Extracted:
     return Extracted(applied, unset, disk_usage(Path(job.target)) if job.fresh else None)
 
 
-def diff_to_file(lower: str | None, upper: str, out: str, overlay: bool, compression: str) -> Diff:
+def diff_to_file(  # noqa: PLR0917  # the pool passes arguments by position
+    lower: str | None,
+    upper: str,
+    out: str,
+    overlay: bool,
+    compression: str,
+    source_date_epoch: int | None = None,
+) -> Diff:
     """Write the layer from ``lower`` to ``upper`` into file ``out`` (runs in a worker process)."""
+    from wharfd.runtime.images.diff import write_diff
+
     # No fsync: the file is copied into the content store, whose commit makes the blob durable.
     with open(out, "wb") as f:
-        return write_diff(lower, upper, f, overlay=overlay, compression=Compression(compression))
+        return write_diff(
+            lower,
+            upper,
+            f,
+            overlay=overlay,
+            compression=Compression(compression),
+            source_date_epoch=source_date_epoch,
+        )
 
 
 # Worker processes yield the CPU to the daemon: with every core extracting, the
@@ -228,16 +250,21 @@ class Workers:
 
     def _make(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
+            import multiprocessing
+
             ctx = multiprocessing.get_context("forkserver")
             # Workers fork from a server that has imported the main module (which each child
-            # would import again otherwise) and this one: quick to start, pages shared.
-            ctx.set_forkserver_preload(["__main__", __name__])
+            # would import again otherwise), this one and the workers' own: quick to start,
+            # pages shared.
+            ctx.set_forkserver_preload(["__main__", __name__, *_WORKER_MODULES])
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.size, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(),)
             )
         return self._pool
 
     def _submit(self, fn: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
             return self._get().submit(fn, *args)
         except BrokenProcessPool as exc:
@@ -270,6 +297,8 @@ class Workers:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the pool and wait for it (cancelling stops waiting, not the work)."""
+        from concurrent.futures.process import BrokenProcessPool
+
         future = await self.submit(fn, *args)
         try:
             return await asyncio.wrap_future(future)

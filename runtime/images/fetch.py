@@ -51,7 +51,7 @@ from wharfd.runtime.images.unpack import Layer, Source, set_labels
 if TYPE_CHECKING:
     from wharfd.runtime.content.writer import LocalWriter
     from wharfd.runtime.images.pull import Puller, PullOptions
-    from wharfd.runtime.registry import Fetcher
+    from wharfd.runtime.registry import BlobWriter, Fetcher
 
 log = logging.getLogger("wharfd.pull")
 
@@ -343,13 +343,30 @@ class Session:
                 delay = min(delay * 2, 1.0)
 
     async def _copy(self, desc: Descriptor, ref: str, writer: LocalWriter) -> None:
+        """Download into the ingest: the bytes go from a thread straight to it, the loop only reports."""
         assert self.fetcher is not None
-        sink = _Counting(writer, lambda n: self.progress(ref, "layer", "downloading", n, desc.size))
+        write = await writer.blocking_write()
+        ticker = asyncio.ensure_future(self._report_download(ref, desc, writer))
+        try:
+            await self._download(desc, write, writer)
+        finally:
+            ticker.cancel()
+
+    async def _report_download(self, ref: str, desc: Descriptor, writer: LocalWriter) -> None:
+        reported = -1
+        while True:
+            await asyncio.sleep(_REPORT_EVERY)
+            if writer.offset != reported:
+                reported = writer.offset
+                self.progress(ref, "layer", "downloading", reported, desc.size)
+
+    async def _download(self, desc: Descriptor, write: BlobWriter, writer: LocalWriter) -> None:
+        assert self.fetcher is not None
         idle = 0
         while writer.offset < desc.size:
             start = writer.offset
             try:
-                await self.fetcher.fetch_to(desc, sink, offset=start)
+                await self.fetcher.fetch_to(desc, write, offset=start)
             except errors.Unavailable:
                 idle = 0 if writer.offset > start else idle + 1
                 if idle >= RETRIES:
@@ -385,23 +402,6 @@ class Session:
         if labels:
             with contextlib.suppress(errors.NotFound):
                 await set_labels(self.p.content, desc.digest, labels)
-
-
-class _Counting:
-    """A blob writer that reports its offset at most every 100 ms."""
-
-    def __init__(self, writer: LocalWriter, report: Callable[[int], None]) -> None:
-        self._writer = writer
-        self._report = report
-        self._last = 0.0
-
-    async def write(self, data: bytes, /) -> object:
-        written = await self._writer.write(data)
-        now = time.monotonic()
-        if now - self._last >= _REPORT_EVERY:
-            self._last = now
-            self._report(self._writer.offset)
-        return written
 
 
 def _resolve(future: asyncio.Future[Source] | None, source: Source) -> None:

@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 import queue
 import threading
 from typing import BinaryIO
-
-import zstandard
-from isal import isal_zlib
 
 from wharfd.runtime import errors
 from wharfd.runtime.images import mediatypes
@@ -47,7 +45,14 @@ _ZSTD_SLICE = 16 << 10
 _AHEAD = 8
 
 
-_GZIP_ERROR: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # isal's stub types it as an instance
+# The codecs load with the first layer: the daemon imports this module at start-up, long before.
+@functools.cache
+def _decode_errors() -> tuple[type[Exception], ...]:
+    import zstandard
+    from isal import isal_zlib
+
+    gzip_error: type[Exception] = isal_zlib.error  # type: ignore[assignment]  # isal's stub types it as an instance
+    return (gzip_error, zstandard.ZstdError)
 
 
 class Compression(enum.Enum):
@@ -134,6 +139,8 @@ class _Gunzip(_Decoder):
         self._start()
 
     def _start(self) -> None:
+        from isal import isal_zlib
+
         self._obj = isal_zlib.decompressobj(wbits=31)
 
     def _decode(self) -> bytes:
@@ -151,6 +158,8 @@ class _Unzstd(_Decoder):
     magic = ZSTD_MAGIC
 
     def __init__(self) -> None:
+        import zstandard
+
         super().__init__()
         self._dctx = zstandard.ZstdDecompressor()
         self._start()
@@ -234,7 +243,7 @@ class _Producer:
                 plain = self._take(chunk)
                 if plain:
                     return plain
-        except (_GZIP_ERROR, zstandard.ZstdError) as exc:
+        except _decode_errors() as exc:
             raise errors.DataLoss(f"{self.compression.value} layer: corrupt compressed data: {exc}") from exc
         return b""
 
@@ -362,6 +371,9 @@ class LayerWriter:
         self._blob = self._tar if compression is Compression.NONE else hashlib.sha256()
         self.size = 0
         self.compressed_size = 0
+        import zstandard
+        from isal import isal_zlib
+
         gzip, zstd = compression is Compression.GZIP, compression is Compression.ZSTD
         self._gz = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31) if gzip else None
         self._zst = zstandard.ZstdCompressor(level=3).compressobj() if zstd else None

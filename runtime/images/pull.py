@@ -15,9 +15,13 @@ normalized reference) holds it through the labels of
 image some other way, or the content is fair game for the next collection.
 
 Concurrent pulls of the same reference in one namespace (with the same
-options) share one pull: later callers wait for the first one's result and
-receive its progress too. The shared pull is cancelled only when every
-caller has gone away. Layers that two different images share are downloaded
+options and the same credentials) share one pull: later callers wait for the
+first one's result and receive its progress too. The shared pull is
+cancelled only when every caller has gone away. A pull with other
+credentials (or none) is not shared: it resolves the reference with its own,
+so a caller the registry would refuse is refused. (Blobs already stored in
+the namespace, or being stored by another pull, are reused as containerd's
+content store reuses them.) Layers that two different images share are downloaded
 once as well (see :mod:`~wharfd.runtime.images.fetch`).
 
 How the work is split: :mod:`~wharfd.runtime.images.fetch` walks the image
@@ -29,10 +33,11 @@ flight, the image record and the plugin.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import Message
 
@@ -49,8 +54,10 @@ from wharfd.runtime.images.reference import Reference, parse_normalized
 from wharfd.runtime.images.unpack import Source, Unpacker
 from wharfd.runtime.metadata import images as records
 from wharfd.runtime.metadata import leases
-from wharfd.runtime.registry import CredentialsFn, HostsConfig, Resolver, Transport
 from wharfd.runtime.snapshots.snapshotter import Kind
+
+if TYPE_CHECKING:
+    from wharfd.runtime.registry import CredentialsFn
 
 log = logging.getLogger("wharfd.pull")
 
@@ -70,6 +77,9 @@ class PullOptions:
     snapshotter: str = "overlayfs"
     labels: Mapping[str, str] = field(default_factory=dict)  # labels of the image record
     credentials: CredentialsFn | None = None
+    # Which credentials these are, for sharing a pull: only pulls with equal keys share one. Empty:
+    # the ``credentials`` object itself stands for them (the same object shares, another does not).
+    credentials_key: str = ""
     plain_http: bool = False
     hosts_dir: str = ""  # registry config_path, ":"-separated; empty: the plugin's
     max_concurrent_downloads: int = 3
@@ -136,9 +146,9 @@ class Puller:
             platforms.parse(spec)  # InvalidArgument now, not inside the shared task
         if opts.unpack and not opts.all_platforms:
             self.unpacker.snapshotter(opts.snapshotter)  # NotFound before any download
-        # Callers share a pull that does what each asked for. Credentials are not compared:
-        # in one namespace, a caller may join a pull another caller authenticated.
+        # Callers share a pull that does what each asked for, with the same credentials.
         key = (
+            _credentials_identity(opts),
             ns,
             str(parsed),
             opts.snapshotter,
@@ -169,6 +179,11 @@ class Puller:
         if opts.unpack and not opts.all_platforms:
             self.unpacker.workers.warm()  # while the manifests arrive
         try:
+            # The registry client (and aiohttp) loads with the first pull, not with the daemon; on a
+            # thread, so that the loop serves other calls during that first import (~0.3 s here).
+            await asyncio.to_thread(importlib.import_module, "wharfd.runtime.registry.client")
+            from wharfd.runtime.registry import HostsConfig, Resolver, Transport
+
             async with self.leases.held(L.LEASE_LIFETIME) as lease:
                 hosts = HostsConfig(config_path=opts.hosts_dir or self.hosts_dir, plain_http=opts.plain_http)
                 async with Transport(
@@ -254,6 +269,15 @@ class Puller:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.unpacker.close()
+
+
+def _credentials_identity(opts: PullOptions) -> tuple[str, object]:
+    if opts.credentials is None:
+        return ("anonymous", "")
+    if opts.credentials_key:
+        return ("key", opts.credentials_key)
+    # The object's id: the pull that uses it keeps it alive, so no other object can take the id meanwhile.
+    return ("object", id(opts.credentials))
 
 
 def _local_ref(root: Descriptor) -> Reference:

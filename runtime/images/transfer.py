@@ -24,20 +24,23 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from wharfd.runtime import errors
 from wharfd.runtime.content.store import ContentStore
-from wharfd.runtime.images import archive, labels, walk
+from wharfd.runtime.images import labels, walk
 from wharfd.runtime.images.destination import ANNOTATION_REF_SOURCE, Destination, Unpack
 from wharfd.runtime.images.manifest import Descriptor
 from wharfd.runtime.images.platforms import Ordered, Platform, format_platform, host, only
 from wharfd.runtime.images.progress import Progress, PullRelay, Throttle
 from wharfd.runtime.images.pull import Puller, PullOptions, PullProgress
-from wharfd.runtime.images.push import PushOptions, push_image
 from wharfd.runtime.images.reference import parse_normalized
 from wharfd.runtime.metadata import images as records
 from wharfd.runtime.metadata import leases
-from wharfd.runtime.registry import CredentialsFn, HostsConfig, Resolver, Transport
+
+if TYPE_CHECKING:
+    from wharfd.runtime.images import archive
+    from wharfd.runtime.registry import CredentialsFn
 
 log = logging.getLogger("wharfd.transfer")
 
@@ -135,6 +138,10 @@ class LocalTransfer:
         target = walk.from_record(image.target)
         report.status(f"Pushing to {dest}")
         report(Progress("pushing content", image.name, desc=target))
+        # The registry client (and aiohttp) loads with the first push or pull, not with the daemon.
+        from wharfd.runtime.images.push import PushOptions, push_image
+        from wharfd.runtime.registry import HostsConfig, Resolver, Transport
+
         hosts = HostsConfig(config_path=dest.hosts_dir or self.puller.hosts_dir, plain_http=dest.plain_http)
         async with Transport(hosts, dest.credentials, headers=dest.headers) as transport:
             pusher = Resolver(transport).pusher(dest.reference)
@@ -154,6 +161,9 @@ class LocalTransfer:
         self, source: Destination, sink: archive.Sink, opts: archive.ExportOptions, report: Throttle
     ) -> None:
         """Write the images ``source`` names into ``sink`` as an OCI layout tar."""
+        # The archive formats (tarfile, Docker's layout) load with the first export or import.
+        from wharfd.runtime.images import archive
+
         report.status("Exporting")
         found = await source.lookup(self.images)
         async with self.leases.held(labels.LEASE_LIFETIME):
@@ -164,6 +174,8 @@ class LocalTransfer:
         self, source: AsyncIterator[bytes], dest: Destination, report: Throttle
     ) -> list[records.Image]:
         """Read an OCI or Docker archive, unpack what ``dest`` asks, record the images it names."""
+        from wharfd.runtime.images import archive
+
         report.status("Importing")
         matcher = compatible(dest.platforms) if dest.platforms else None
         saved: list[records.Image] = []

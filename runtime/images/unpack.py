@@ -36,18 +36,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wharfd.runtime import errors, mount
 from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.content.store import Info
 from wharfd.runtime.images import labels as L
-from wharfd.runtime.images.apply import Mode
 from wharfd.runtime.images.extract import Extracted, ExtractJob, Workers, extract
 from wharfd.runtime.images.manifest import Descriptor
 from wharfd.runtime.metadata.leases import LeaseStore, Resource
 from wharfd.runtime.snapshots.metadata import NamespacedSnapshotter
 from wharfd.runtime.snapshots.snapshotter import Kind, Mount
+
+if TYPE_CHECKING:
+    from wharfd.runtime.images.apply import Mode
 
 log = logging.getLogger("wharfd.unpack")
 

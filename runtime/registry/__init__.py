@@ -12,11 +12,45 @@ tokens), ``transport`` (the HTTP session, retries, redirects, error mapping) and
 ``client`` (Resolver, Fetcher, Pusher).
 """
 
-from wharfd.runtime.registry.auth import AuthConfig, Credentials, CredentialsFn
-from wharfd.runtime.registry.client import BlobWriter, Fetcher, Resolver
-from wharfd.runtime.registry.hosts import Capability, HostsConfig, RegistryHost
-from wharfd.runtime.registry.push import BlobSource, Pusher, PushResult
-from wharfd.runtime.registry.transport import Transport
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wharfd.runtime.registry.auth import AuthConfig, Credentials, CredentialsFn
+    from wharfd.runtime.registry.client import BlobWriter, Fetcher, Resolver
+    from wharfd.runtime.registry.hosts import Capability, HostsConfig, RegistryHost
+    from wharfd.runtime.registry.push import BlobSource, Pusher, PushResult
+    from wharfd.runtime.registry.transport import Transport
+
+# The names above are loaded on first use (PEP 562): the client pulls in aiohttp, which an idle
+# daemon does without, while ``hosts`` and ``auth`` alone stay light.
+_WHERE = {
+    "AuthConfig": "auth",
+    "Credentials": "auth",
+    "CredentialsFn": "auth",
+    "BlobWriter": "client",
+    "Fetcher": "client",
+    "Resolver": "client",
+    "Capability": "hosts",
+    "HostsConfig": "hosts",
+    "RegistryHost": "hosts",
+    "BlobSource": "push",
+    "Pusher": "push",
+    "PushResult": "push",
+    "Transport": "transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "AuthConfig",

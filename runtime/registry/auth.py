@@ -29,12 +29,13 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from wharfd.runtime import errors
+
+if TYPE_CHECKING:
+    import aiohttp
 
 # Token responses without ``expires_in`` are good for 60 s (distribution's token spec).
 DEFAULT_TOKEN_LIFETIME = 60
@@ -302,6 +303,10 @@ class Authorizer:
     async def _call(
         self, session: aiohttp.ClientSession, method: str, url: str, **kw: Any
     ) -> tuple[int, Any]:
+        # Imported here: the CRI and Transfer services use this module's credentials while idle,
+        # and the HTTP client is loaded only once a session exists.
+        import aiohttp
+
         try:
             async with asyncio.timeout(self._timeout):
                 headers = {"User-Agent": self._user_agent, **kw.pop("headers", {})}

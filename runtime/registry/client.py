@@ -8,7 +8,7 @@ share one :class:`~wharfd.runtime.registry.transport.Transport`::
         name, desc = await resolver.resolve("docker.io/library/busybox:latest")
         fetcher = resolver.fetcher(name)
         index = await fetcher.read(desc)                  # small objects: bounded, digest-verified
-        await fetcher.fetch_to(layer, writer, offset=n)   # blobs: streamed into the caller's writer
+        await fetcher.fetch_to(layer, ingest.write, offset=n)  # blobs: handed to a blocking writer
         await resolver.pusher(name).push_blob(layer, opener, mount_from=["library/base"])
 
 Nothing here touches the disk: the pull pipeline pairs a fetcher with a
@@ -16,14 +16,19 @@ content-store ingest (which verifies blob digests) and resumes from the
 ingest's offset. Fetch streams check the size and raise ``DeadlineExceeded``
 when no byte arrives for ``progress_timeout`` seconds, and ``Unavailable`` when
 the connection drops (resume from the bytes already written).
+
+Blobs (:meth:`Fetcher.fetch_to`) are read on a thread, 1 MiB at a time, over a
+connection of their own (:meth:`Transport.request_blocking`), and handed to
+the caller's blocking writer on that thread: the event loop only sees the
+requests, never the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
-from typing import Protocol
+import http.client
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import aiohttp
 
@@ -34,15 +39,15 @@ from wharfd.runtime.images.reference import Reference
 from wharfd.runtime.registry.hosts import Capability
 from wharfd.runtime.registry.push import Pusher
 from wharfd.runtime.registry.repository import Failures, Repository, as_ref, is_manifest_type
-from wharfd.runtime.registry.transport import CHUNK_SIZE, Transport, error_for
+from wharfd.runtime.registry.transport import CHUNK_SIZE, BlockingResponse, Response, Transport, error_for
 
+BlobWriter = Callable[[memoryview], object]
+"""Where fetched bytes go (a content-store ingest's blocking write): told nothing but the bytes, in order.
 
-class BlobWriter(Protocol):
-    """Where fetched bytes go (a content-store ingest); it is told nothing but the bytes, in order."""
+Called from a thread; the view is reused after the call returns.
+"""
 
-    async def write(self, data: bytes, /) -> object:
-        """Append ``data``."""
-        ...
+R = TypeVar("R", bound=Response)
 
 
 class Resolver:
@@ -104,23 +109,83 @@ class Fetcher(Repository):
     async def fetch_to(
         self, desc: Descriptor, writer: BlobWriter, *, offset: int = 0, retries: int = 0
     ) -> int:
-        """Write ``desc``'s bytes from ``offset`` into ``writer``; resume up to ``retries`` times.
+        """Write ``desc``'s bytes from ``offset`` with ``writer`` (on a thread); resume up to ``retries`` times.
 
         Returns the number of bytes written. A dropped or stalled connection is
         retried from where it stopped; the last failure is raised as is.
         """
-        written = 0
+        written = [0]
         for attempt in range(retries + 1):
             try:
-                async with aclosing(self.fetch(desc, offset=offset + written)) as chunks:
-                    async for chunk in chunks:
-                        await writer.write(chunk)
-                        written += len(chunk)
-                return written
+                await self._copy(desc, writer, offset + written[0], written)
+                break
             except (errors.Unavailable, errors.DeadlineExceeded):
                 if attempt == retries:
                     raise
-        return written
+        return written[0]
+
+    async def _copy(self, desc: Descriptor, writer: BlobWriter, offset: int, written: list[int]) -> None:
+        """Copy the blob from ``offset`` on a thread, counting bytes into ``written[0]``."""
+        if not 0 <= offset <= desc.size:
+            raise errors.InvalidArgument(f"{desc.digest}: offset {offset} is outside 0..{desc.size}")
+        if offset == desc.size:
+            return
+        resp = await self._open(desc, offset, self.transport.request_blocking)
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(self._copy_body, resp, desc, offset, writer, written)
+        )
+        cancelled = False
+        while not copying.done():
+            try:
+                await asyncio.wait([copying])
+            except asyncio.CancelledError:
+                # The thread must be done with the writer before the caller closes it: make its
+                # read fail now, and wait for it.
+                cancelled = True
+                resp.abort()
+        resp.release()
+        if cancelled:
+            copying.exception()  # the abort's doing
+            raise asyncio.CancelledError
+        copying.result()
+
+    def _copy_body(
+        self, resp: BlockingResponse, desc: Descriptor, offset: int, writer: BlobWriter, written: list[int]
+    ) -> None:
+        """The thread's part: read 1 MiB at a time (the GIL is free meanwhile) and write it."""
+        # A server that ignored Range sends everything: skip what we already have.
+        skip = offset if resp.status == 200 else 0
+        position = offset
+        view = memoryview(bytearray(CHUNK_SIZE))
+        while True:
+            try:
+                n = resp.readinto(view)
+            except TimeoutError as exc:
+                timeout = self.transport.progress_timeout
+                raise errors.DeadlineExceeded(
+                    f"{self._what(desc)}: no data for {timeout:g}s at byte {position} of {desc.size}"
+                ) from exc
+            except (http.client.HTTPException, OSError) as exc:
+                raise errors.Unavailable(
+                    f"{self._what(desc)}: connection lost at byte {position} of {desc.size} ({exc}); "
+                    f"resume from {position}"
+                ) from exc
+            if n == 0:
+                break
+            chunk = view[:n]
+            if skip:
+                dropped = min(skip, n)
+                chunk, skip = chunk[dropped:], skip - dropped
+            if position + len(chunk) > desc.size:
+                raise errors.DataLoss(f"{self._what(desc)}: server sent more than {desc.size} bytes")
+            if chunk:
+                writer(chunk)
+                position += len(chunk)
+                written[0] += len(chunk)
+        if position != desc.size:
+            raise errors.Unavailable(
+                f"{self._what(desc)}: stream ended at byte {position} of {desc.size}; resume from {position}"
+            )
 
     async def fetch(self, desc: Descriptor, *, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """Stream ``desc``'s bytes from ``offset`` (close the iterator if you stop early)."""
@@ -128,7 +193,7 @@ class Fetcher(Repository):
             raise errors.InvalidArgument(f"{desc.digest}: offset {offset} is outside 0..{desc.size}")
         if offset == desc.size:
             return
-        resp = await self._open(desc, offset)
+        resp = await self._open(desc, offset, self.transport.request)
         async with resp:
             # A server that ignored Range sends everything: skip what we already have.
             skip = offset if resp.status == 200 else 0
@@ -169,7 +234,8 @@ class Fetcher(Repository):
                 f"resume from {position}"
             ) from exc
 
-    async def _open(self, desc: Descriptor, offset: int) -> aiohttp.ClientResponse:
+    async def _open(self, desc: Descriptor, offset: int, request: Callable[..., Awaitable[R]]) -> R:
+        """Request the blob from ``offset`` with ``request`` (one of the transport's); a 200 or a 206."""
         what = self._what(desc)
         kinds = ["manifests", "blobs"] if is_manifest_type(desc.media_type) else ["blobs"]
         headers = {"Accept": f"{desc.media_type}, */*" if desc.media_type else "*/*"}
@@ -180,7 +246,7 @@ class Fetcher(Repository):
         for kind in kinds:
             for host in hosts:
                 try:
-                    resp = await self.transport.request(
+                    resp = await request(
                         host,
                         "GET",
                         self.url(host, kind, desc.digest),

@@ -19,7 +19,10 @@ are exactly what ``left`` shows, only its upper directory is walked;
 otherwise both sides are mounted read-only (an overlay's upper directory
 turned into its top lower layer, so a container using it is not disturbed)
 and compared entry by entry. ``media_type`` picks the compression: plain
-tar, ``+gzip`` (the default) or ``+zstd``.
+tar, ``+gzip`` (the default) or ``+zstd``. ``source_date_epoch``, when set,
+bounds the times in the tar: any later one is written as the epoch (whole
+seconds; a fraction of a second in the request is dropped), for reproducible
+layers.
 
 The tar work runs on the worker processes of
 :class:`~wharfd.runtime.images.extract.Workers`; the pull pipeline shares
@@ -39,7 +42,7 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -51,7 +54,6 @@ from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.content.store import Expected, parse_digest
 from wharfd.runtime.images import labels as L
 from wharfd.runtime.images import mediatypes
-from wharfd.runtime.images.diff import Diff
 from wharfd.runtime.images.extract import ExtractJob, Workers, diff_to_file, extract
 from wharfd.runtime.images.layer import Compression
 from wharfd.runtime.images.unpack import set_labels
@@ -59,6 +61,9 @@ from wharfd.runtime.metadata.images import Descriptor
 from wharfd.runtime.services import boundary
 from wharfd.runtime.services.convert import descriptor_to_proto
 from wharfd.runtime.snapshots.snapshotter import Mount
+
+if TYPE_CHECKING:
+    from wharfd.runtime.images.diff import Diff
 
 Context = grpc.aio.ServicerContext[Any, Any]
 _COPY = 1 << 20
@@ -157,8 +162,12 @@ class WalkingDiffer:
         media_type: str = "",
         ref: str = "",
         labels: Mapping[str, str] | None = None,
+        source_date_epoch: int | None = None,
     ) -> Descriptor:
-        """Write the layer from ``lower`` to ``upper`` into the content store; return its descriptor."""
+        """Write the layer from ``lower`` to ``upper`` into the content store; return its descriptor.
+
+        ``source_date_epoch`` (seconds since 1970): no time in the layer is later.
+        """
         media_type = media_type or mediatypes.OCI_LAYER_GZIP
         compression = _COMPRESSION.get(media_type)
         if compression is None:
@@ -171,7 +180,7 @@ class WalkingDiffer:
         await asyncio.to_thread(self.scratch.mkdir, parents=True, exist_ok=True)
         out = self.scratch / f"diff-{secrets.token_hex(8)}.tmp"
         try:
-            made = await self._diff(lower, upper, str(out), compression)
+            made = await self._diff(lower, upper, str(out), compression, source_date_epoch)
             desc = Descriptor(media_type, made.digest, made.size)
             stored = {**(labels or {}), L.UNCOMPRESSED: made.diff_id}
             await self._store(out, ref or f"diff-{secrets.token_hex(8)}", desc, stored)
@@ -180,7 +189,12 @@ class WalkingDiffer:
         return desc
 
     async def _diff(
-        self, lower: Sequence[Mount], upper: Sequence[Mount], out: str, compression: Compression
+        self,
+        lower: Sequence[Mount],
+        upper: Sequence[Mount],
+        out: str,
+        compression: Compression,
+        epoch: int | None,
     ) -> Diff:
         upper_dir = _upper_of(upper)
         async with contextlib.AsyncExitStack() as stack:
@@ -190,9 +204,11 @@ class WalkingDiffer:
                 else None
             )
             if upper_dir is not None and _layers_shown(lower) == _lowers(upper[0]):
-                return await self.workers.run(diff_to_file, low, upper_dir, out, True, compression.value)
+                return await self.workers.run(
+                    diff_to_file, low, upper_dir, out, True, compression.value, epoch
+                )
             high = await stack.enter_async_context(self._mounted([readonly(m) for m in upper]))
-            return await self.workers.run(diff_to_file, low, high, out, False, compression.value)
+            return await self.workers.run(diff_to_file, low, high, out, False, compression.value, epoch)
 
     async def _store(self, path: Path, ref: str, desc: Descriptor, labels: dict[str, str]) -> None:
         """Copy the diff file into the content store through ingest ``ref``."""
@@ -266,14 +282,14 @@ class DiffService(pb_grpc.DiffServicer):
     @boundary.unary
     async def Diff(self, request: pb.DiffRequest, context: Context) -> pb.DiffResponse:
         """Compute the layer between two sets of mounts and store it."""
-        if request.HasField("source_date_epoch"):
-            raise errors.NotImplemented("source_date_epoch: clamping file times in a diff is not supported")
+        epoch = request.source_date_epoch.seconds if request.HasField("source_date_epoch") else None
         made = await self._differ.compare(
             [_mount_from(m) for m in request.left],
             [_mount_from(m) for m in request.right],
             media_type=request.media_type,
             ref=request.ref,
             labels=dict(request.labels),
+            source_date_epoch=epoch,
         )
         return pb.DiffResponse(diff=descriptor_to_proto(made))
 

@@ -35,7 +35,7 @@ from wharfd.api.services.transfer.v1 import transfer_pb2_grpc as pb_grpc
 from wharfd.api.types import platform_pb2
 from wharfd.api.types.transfer import imagestore_pb2, importexport_pb2, progress_pb2, registry_pb2
 from wharfd.runtime import errors, plugin
-from wharfd.runtime.images import archive, platforms, walk
+from wharfd.runtime.images import platforms, walk
 from wharfd.runtime.images.destination import Destination, Reference, Unpack
 from wharfd.runtime.images.progress import Progress, Throttle
 from wharfd.runtime.images.transfer import LocalTransfer, RegistryEndpoint, host_default
@@ -230,6 +230,8 @@ class TransferService(pb_grpc.TransferServicer):
     async def _export(
         self, source: Destination, msg: importexport_pb2.ImageExportStream, report: Throttle
     ) -> None:
+        from wharfd.runtime.images import archive  # tarfile and the archive formats, on first use
+
         wanted = [platform_from_proto(p) for p in msg.platforms]
         opts = archive.ExportOptions(
             platforms=platforms.ordered(wanted) if wanted else host_default(),

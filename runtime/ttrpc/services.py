@@ -143,13 +143,18 @@ class Stub:
         self._service = service
         self._timeout = timeout
         self._metadata = dict(metadata or {})
-        self._methods: dict[str, Callable[..., Any]] = {m.name: self._bind(m) for m in service.methods}
+        # Bound on first use: a daemon holds a stub per task and most tasks call a few methods.
+        self._methods: dict[str, Callable[..., Any]] = {}
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            return self.__dict__["_methods"][name]
-        except KeyError:
-            raise AttributeError(f"service {self._service.full_name} has no method {name}") from None
+        methods = self.__dict__["_methods"]
+        bound = methods.get(name)
+        if bound is None:
+            method = self._service.methods_by_name.get(name)
+            if method is None:
+                raise AttributeError(f"service {self._service.full_name} has no method {name}")
+            bound = methods[name] = self._bind(method)
+        return bound
 
     def _options(self, timeout: float | None, metadata: MetadataIn | None) -> dict[str, Any]:
         merged = {**self._metadata, **metadata} if metadata else self._metadata

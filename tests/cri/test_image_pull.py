@@ -118,7 +118,7 @@ def test_shared_pull_survives_a_caller_going_away(tmp_path: Path) -> None:
         calls: list[str] = []
 
         class Gated(ImagePuller):
-            async def _pull(self, ref: object, snapshotter: str, credentials: object) -> str:
+            async def _pull(self, ref: object, snapshotter: str, credentials: object, cfg: object) -> str:
                 calls.append(str(ref))
                 await gate.wait()
                 return "sha256:" + "e" * 64

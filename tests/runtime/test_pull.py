@@ -21,6 +21,7 @@ from tests.support.images import (
     busybox_files,
     directory,
     hardlink,
+    push_image,
     symlink,
 )
 from tests.support.registry import RegistryServer, run_registry
@@ -30,6 +31,7 @@ from wharfd.runtime.images.chainid import chain_ids
 from wharfd.runtime.images.platforms import Platform, host
 from wharfd.runtime.images.pull import PullOptions, PullProgress
 from wharfd.runtime.metadata import leases
+from wharfd.runtime.registry import HostsConfig, Resolver, Transport, auth
 
 pytestmark = [pytest.mark.root, needs_root]
 
@@ -564,5 +566,67 @@ def test_a_layer_repeated_in_one_image_is_fetched_once(tmp_path: Path, registry:
             assert len(await snapshots_of(r)) == 4
             files = await view(r, result.chain_id or "", tmp_path / "view")
             assert files["a"] == b"a" and files["b"] == b"b"
+
+    asyncio.run(main())
+
+
+USER, PASSWORD = "puller", "right-pw"
+
+
+@pytest.fixture(scope="module")
+def locked_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    with run_registry(tmp_path_factory.mktemp("locked"), htpasswd={USER: PASSWORD}) as server:
+        yield server
+
+
+async def _push_locked(server: RegistryServer, repo_tag: str, image: Image) -> str:
+    repo, _, tag = repo_tag.partition(":")
+    creds = auth.static(auth.Credentials(USER, PASSWORD))
+    async with Transport(HostsConfig(plain_http=True), creds) as transport:
+        await push_image(Resolver(transport).pusher(f"{server.host}/{repo}"), image, tag=tag)
+    return f"{server.host}/{repo_tag}"
+
+
+def test_pulls_with_other_credentials_are_not_shared(tmp_path: Path, locked_registry: RegistryServer) -> None:
+    image = build_image([random_layer(1 << 20)])
+
+    async def main() -> None:
+        ref = await _push_locked(locked_registry, "test/private:1", image)
+        good = auth.static(auth.Credentials(USER, PASSWORD))
+        wrong = auth.static(auth.Credentials(USER, "wrong-pw"))
+        async with rig(tmp_path) as r:
+            opts = {"plain_http": True}
+            # Started together: the second would join the first's pull if credentials were ignored.
+            results = await asyncio.gather(
+                r.puller.pull(ref, PullOptions(credentials=good, credentials_key="good", **opts)),
+                r.puller.pull(ref, PullOptions(credentials=wrong, credentials_key="wrong", **opts)),
+                r.puller.pull(ref, PullOptions(**opts)),
+                r.puller.pull(ref, PullOptions(credentials=auth.static(None), **opts)),  # another object
+                return_exceptions=True,
+            )
+            ok, refused, anonymous, other = results
+            assert not isinstance(ok, BaseException) and ok.config.digest == image.config_desc.digest
+            for failed in (refused, anonymous, other):
+                assert isinstance(failed, errors.PermissionDenied), failed
+
+    asyncio.run(main())
+
+
+def test_pulls_with_the_same_credentials_share_one(tmp_path: Path, locked_registry: RegistryServer) -> None:
+    image = build_image([random_layer(1 << 20), random_layer(1 << 20)])
+
+    async def main() -> None:
+        await _push_locked(locked_registry, "test/shared:1", image)
+        async with proxy(locked_registry.host) as px, rig(tmp_path) as r:
+            ref = f"{px.host}/test/shared:1"
+            # Two callbacks, one key: what the CRI passes for two requests with the same AuthConfig.
+            opts = [
+                PullOptions(credentials=auth.static(auth.Credentials(USER, PASSWORD)), credentials_key="k")
+                for _ in range(2)
+            ]
+            first, second = await asyncio.gather(*(r.puller.pull(ref, o) for o in opts))
+            assert first == second
+            blobs = [image.config_desc, *(x.descriptor for x in image.layers)]
+            assert sorted(px.blob_gets) == sorted(d.digest for d in blobs)
 
     asyncio.run(main())

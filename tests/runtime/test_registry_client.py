@@ -51,12 +51,12 @@ def run(body: Callable[[Resolver], Awaitable[Any]], **options: Any) -> Any:
 
 
 class Collect:
-    """A BlobWriter that keeps what it is given."""
+    """Keeps what its (blocking) ``write``, a BlobWriter, is given."""
 
     def __init__(self) -> None:
         self.data = bytearray()
 
-    async def write(self, data: bytes, /) -> int:
+    def write(self, data: memoryview, /) -> int:
         self.data += data
         return len(data)
 
@@ -135,7 +135,7 @@ def test_fetch_resumes_at_an_offset(registry: RegistryServer, busybox: Image) ->
         # The pull pipeline's shape: an ingest that already holds `offset` bytes.
         writer = Collect()
         writer.data += layer.blob[:offset]
-        written = await fetcher.fetch_to(layer.descriptor, writer, offset=offset)
+        written = await fetcher.fetch_to(layer.descriptor, writer.write, offset=offset)
         assert written == layer.descriptor.size - offset
         assert hashlib.sha256(writer.data).hexdigest() == layer.descriptor.digest.split(":")[1]
         assert await _read_all(fetcher.fetch(layer.descriptor, offset=layer.descriptor.size)) == b""

@@ -19,7 +19,7 @@ from tests.support.registry import serve_app
 from wharfd.runtime import errors
 from wharfd.runtime.images import manifest, mediatypes
 from wharfd.runtime.images.manifest import MAX_MANIFEST_SIZE, Descriptor, digest_of
-from wharfd.runtime.registry import HostsConfig, Resolver, Transport, auth
+from wharfd.runtime.registry import Fetcher, HostsConfig, Resolver, Transport, auth
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 BLOB_DESC = Descriptor(mediatypes.OCI_LAYER_GZIP, digest_of(BLOB), len(BLOB))
@@ -56,7 +56,20 @@ async def _drain(chunks: AsyncGenerator[bytes, None]) -> bytes:
         return b"".join([c async for c in it])
 
 
-def test_stalled_blob_hits_the_progress_timeout() -> None:
+async def _get(fetcher: Fetcher, desc: Descriptor, blocking: bool, offset: int = 0) -> bytes:
+    """A blob through the stream on the loop, or through ``fetch_to``'s thread (what pulls use)."""
+    if not blocking:
+        return await _drain(fetcher.fetch(desc, offset=offset))
+    data = bytearray()
+    await fetcher.fetch_to(desc, data.extend, offset=offset)
+    return bytes(data)
+
+
+BOTH = pytest.mark.parametrize("blocking", [False, True], ids=["stream", "thread"])
+
+
+@BOTH
+def test_stalled_blob_hits_the_progress_timeout(blocking: bool) -> None:
     release = asyncio.Event()
 
     async def stall(request: web.Request) -> web.StreamResponse:
@@ -69,9 +82,11 @@ def test_stalled_blob_hits_the_progress_timeout() -> None:
     async def body(resolver: Resolver, host: str) -> None:
         started = time.monotonic()
         fetcher = resolver.fetcher(f"{host}/test/stall:1")
-        expected = f"blob {BLOB_DESC.digest} of {host}/test/stall: no data for 0.3s at byte 1000"
+        # The thread counts the bytes it has written: the 1000 were still in its buffer.
+        at = 0 if blocking else 1000
+        expected = f"blob {BLOB_DESC.digest} of {host}/test/stall: no data for 0.3s at byte {at}"
         with pytest.raises(errors.DeadlineExceeded, match=expected):
-            await _drain(fetcher.fetch(BLOB_DESC))
+            await _get(fetcher, BLOB_DESC, blocking)
         assert time.monotonic() - started < 5
         release.set()
 
@@ -136,45 +151,75 @@ def test_dropped_connection_then_resume_from_the_offset() -> None:
 def test_fetch_to_resumes_by_itself() -> None:
     requests: list[str] = []
 
-    class Sink:
-        def __init__(self) -> None:
-            self.data = bytearray()
-
-        async def write(self, data: bytes, /) -> None:
-            self.data += data
-
     async def body(resolver: Resolver, host: str) -> None:
-        sink = Sink()
-        written = await resolver.fetcher(f"{host}/test/drop:1").fetch_to(BLOB_DESC, sink, retries=2)
-        assert written == len(BLOB) and bytes(sink.data) == BLOB
+        data = bytearray()
+        written = await resolver.fetcher(f"{host}/test/drop:1").fetch_to(BLOB_DESC, data.extend, retries=2)
+        assert written == len(BLOB) and bytes(data) == BLOB
 
     asyncio.run(_with_fake({"/v2/test/drop/blobs/{digest}": _dropping_blob(requests)}, body))
     assert len(requests) == 2
 
 
-def test_server_ignoring_range_is_handled() -> None:
+def test_cancelling_a_blob_download_stops_its_thread_at_once() -> None:
+    release = asyncio.Event()
+    sent = asyncio.Event()
+
+    async def stall(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Length": str(len(BLOB))})
+        await resp.prepare(request)
+        await resp.write(BLOB[:1000])
+        sent.set()
+        await release.wait()
+        return resp
+
+    async def body(resolver: Resolver, host: str) -> None:
+        written: list[int] = []
+        fetcher = resolver.fetcher(f"{host}/test/stall:1")
+        task = asyncio.create_task(fetcher.fetch_to(BLOB_DESC, lambda b: written.append(len(b))))
+        await sent.wait()
+        await asyncio.sleep(0.1)  # the thread is blocked reading
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Not the 60 s progress timeout: the abort woke the read. The bytes it had are written
+        # (they are the blob's), and the thread is done once fetch_to is: nothing comes later.
+        assert time.monotonic() - started < 5
+        assert sum(written) <= 1000
+        seen = list(written)
+        release.set()
+        await asyncio.sleep(0.2)
+        assert written == seen
+
+    asyncio.run(_with_fake({"/v2/test/stall/blobs/{digest}": stall}, body, progress_timeout=60))
+
+
+@BOTH
+def test_server_ignoring_range_is_handled(blocking: bool) -> None:
     async def whole(request: web.Request) -> web.StreamResponse:
         return web.Response(body=BLOB)
 
     async def body(resolver: Resolver, host: str) -> None:
-        tail = await _drain(resolver.fetcher(f"{host}/test/norange:1").fetch(BLOB_DESC, offset=12345))
+        tail = await _get(resolver.fetcher(f"{host}/test/norange:1"), BLOB_DESC, blocking, offset=12345)
         assert tail == BLOB[12345:]
 
     asyncio.run(_with_fake({"/v2/test/norange/blobs/{digest}": whole}, body))
 
 
-def test_more_bytes_than_the_descriptor_is_data_loss() -> None:
+@BOTH
+def test_more_bytes_than_the_descriptor_is_data_loss(blocking: bool) -> None:
     async def longer(request: web.Request) -> web.StreamResponse:
         return web.Response(body=BLOB + b"extra")
 
     async def body(resolver: Resolver, host: str) -> None:
         with pytest.raises(errors.DataLoss, match="more than"):
-            await _drain(resolver.fetcher(f"{host}/test/long:1").fetch(BLOB_DESC))
+            await _get(resolver.fetcher(f"{host}/test/long:1"), BLOB_DESC, blocking)
 
     asyncio.run(_with_fake({"/v2/test/long/blobs/{digest}": longer}, body))
 
 
-def test_redirect_to_blob_storage_does_not_leak_credentials() -> None:
+@BOTH
+def test_redirect_to_blob_storage_does_not_leak_credentials(blocking: bool) -> None:
     storage_seen: list[web.Request] = []
 
     async def storage(request: web.Request) -> web.StreamResponse:
@@ -190,7 +235,7 @@ def test_redirect_to_blob_storage_does_not_leak_credentials() -> None:
                 return web.Response(status=307, headers={"Location": f"http://{storage_host}/blob?sig=a%2Fb"})
 
             async def body(resolver: Resolver, host: str) -> None:
-                assert await _drain(resolver.fetcher(f"{host}/test/cdn:1").fetch(BLOB_DESC)) == BLOB
+                assert await _get(resolver.fetcher(f"{host}/test/cdn:1"), BLOB_DESC, blocking) == BLOB
 
             await _with_fake(
                 {"/v2/test/cdn/blobs/{digest}": redirect},
