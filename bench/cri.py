@@ -1,6 +1,6 @@
-"""CRI pod lifecycle latency and density, beside containerd's published figures.
+"""CRI pod lifecycle latency and density, beside containerd's figures.
 
-    sudo .venv/bin/python bench/cri.py [--pods 20] [--density 30] [--handler runc]
+    sudo .venv/bin/python bench/cri.py [--pods 20] [--density 30] [--handler runc] [--containerd]
 
 Through the real daemon and socket with a real CNI bridge, registry and runc
 (the rig of e2e/cri_support.py). Measured, timed from the client:
@@ -8,39 +8,51 @@ Through the real daemon and socket with a real CNI bridge, registry and runc
 * pod start = RunPodSandbox + CreateContainer + StartContainer of a busybox
   ``sleep``, over ``--pods`` sequential pods (after one warm-up pod that pulls
   both images): median and p90 of each call and of their sum;
-* ContainerStatus, ExecSync of ``true``, and ListPodSandbox + ListContainers
-  (kubelet's relist) with ``--density`` pods running;
+* ContainerStatus, PodSandboxStatus, ExecSync of ``true``, and ListPodSandbox +
+  ListContainers (kubelet's relist) with ``--density`` pods running;
 * StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox while tearing down;
 * memory from /proc/<pid>/smaps_rollup: the daemon's RSS idle (just started)
   and with ``--density`` pods, and each pod's shim RSS/PSS.
 
 Baselines measured in the same run: the Version RPC (the socket's round trip)
-and ``runc run`` of busybox ``true`` (the runtime's own floor). containerd's
-figures are quoted from the reference issue, not measured here.
+and ``runc run`` of busybox ``true`` (the runtime's own floor).
+
+With ``--containerd`` the same sequence then runs against Debian's containerd
+(``/usr/bin/containerd``, its stock runc shim) on a temporary root, state and
+socket under the rig's directory, with the same CNI network, registry
+(hosts.toml), pause and busybox images and runc, so the ratio wharfd/containerd
+is measured on this machine in this run. Without it, the containerd column is
+the figure quoted from the reference issue (containerd 2.x, another machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from e2e.cri_support import RUNC, TIMEOUT, CriRig
+from e2e.cri_support import BUSYBOX_REF, CNI_BIN, PAUSE_REF, REGISTRY, RUNC, TIMEOUT, CriRig
 from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 
 # containerd 2.x on a comparable node, from the issue this work answers (milliseconds / MiB).
-CONTAINERD = {
+QUOTED = {
     "RunPodSandbox": 131.0,
     "CreateContainer": 17.0,
     "StartContainer": 87.0,
@@ -49,9 +61,10 @@ CONTAINERD = {
     "RemovePodSandbox": 26.0,
     "ContainerStatus": 1.2,
     "daemon RSS idle": 51.0,
-    "daemon RSS with 30 pods": 70.0,
+    "daemon RSS with pods": 70.0,
     "shim PSS per pod": 5.0,
 }
+CONTAINERD = "/usr/bin/containerd"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -69,14 +82,6 @@ def memory(pid: int) -> tuple[float, float]:
     return values["Rss"], values["Pss"]
 
 
-def shim_of(rig: CriRig, pod_id: str) -> int:
-    """The shim serving a pod: the parent of its pause process (shims are the subreaper of their pods)."""
-    request = cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
-    pause = json.loads(rig.runtime.PodSandboxStatus(request, timeout=TIMEOUT).info["info"])["pid"]
-    stat = Path(f"/proc/{pause}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
 class Timer:
     def __init__(self) -> None:
         self.samples: dict[str, list[float]] = {}
@@ -88,35 +93,187 @@ class Timer:
         return result
 
 
-def start_pod(rig: CriRig, timer: Timer, name: str, handler: str) -> tuple[str, str]:
+@dataclass
+class Target:
+    """One runtime under test: its CRI clients, its daemon's pid, and what the run measured."""
+
+    name: str
+    runtime: cri_grpc.RuntimeServiceStub
+    images: cri_grpc.ImageServiceStub
+    pid: int
+    handler: str = ""
+    timer: Timer = field(default_factory=Timer)
+    memory: dict[str, tuple[float, float]] = field(default_factory=dict)
+    shims: list[tuple[float, float]] = field(default_factory=list)
+    load: float = 0.0
+
+
+def shim_of(target: Target, pod_id: str) -> int:
+    """The shim serving a pod: the parent of its pause process (shims are the subreaper of their pods)."""
+    request = cri.PodSandboxStatusRequest(pod_sandbox_id=pod_id, verbose=True)
+    pause = json.loads(target.runtime.PodSandboxStatus(request, timeout=TIMEOUT).info["info"])["pid"]
+    stat = Path(f"/proc/{pause}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def start_pod(rig: CriRig, target: Target, timer: Timer, name: str) -> tuple[str, str]:
+    rt = target.runtime
     config = rig.pod_config(name)
-    pod_id = timer(
-        "RunPodSandbox",
-        lambda: (
-            rig.runtime.RunPodSandbox(
-                cri.RunPodSandboxRequest(config=config, runtime_handler=handler), timeout=2 * TIMEOUT
-            ).pod_sandbox_id
-        ),
-    )
+    request = cri.RunPodSandboxRequest(config=config, runtime_handler=target.handler)
+    pod_id = timer("RunPodSandbox", lambda: rt.RunPodSandbox(request, timeout=2 * TIMEOUT).pod_sandbox_id)
     ctr_config = rig.container_config("app", ["sleep", "3600"])
-    request = cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr_config, sandbox_config=config)
-    ctr_id = timer(
-        "CreateContainer", lambda: rig.runtime.CreateContainer(request, timeout=TIMEOUT).container_id
-    )
-    timer(
-        "StartContainer", lambda: rig.runtime.StartContainer(cri.StartContainerRequest(container_id=ctr_id))
-    )
+    create = cri.CreateContainerRequest(pod_sandbox_id=pod_id, config=ctr_config, sandbox_config=config)
+    ctr_id = timer("CreateContainer", lambda: rt.CreateContainer(create, timeout=TIMEOUT).container_id)
+    timer("StartContainer", lambda: rt.StartContainer(cri.StartContainerRequest(container_id=ctr_id)))
     return pod_id, ctr_id
 
 
-def stop_pod(rig: CriRig, timer: Timer, pod_id: str, ctr_id: str) -> None:
-    rt = rig.runtime
+def stop_pod(target: Target, timer: Timer, pod_id: str, ctr_id: str) -> None:
+    rt = target.runtime
     timer(
         "StopContainer", lambda: rt.StopContainer(cri.StopContainerRequest(container_id=ctr_id, timeout=10))
     )
     timer("StopPodSandbox", lambda: rt.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod_id)))
     timer("RemoveContainer", lambda: rt.RemoveContainer(cri.RemoveContainerRequest(container_id=ctr_id)))
     timer("RemovePodSandbox", lambda: rt.RemovePodSandbox(cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id)))
+
+
+def run_sequence(rig: CriRig, target: Target, pods_n: int, density: int) -> None:
+    """The measured sequence against one runtime; samples and memory land in ``target``."""
+    timer, rt = target.timer, target.runtime
+    target.load = os.getloadavg()[0]
+    time.sleep(1)
+    target.memory["idle"] = memory(target.pid)
+    for _ in range(50):
+        timer("Version (baseline: socket round trip)", lambda: rt.Version(cri.VersionRequest()))
+    target.images.PullImage(cri.PullImageRequest(image=cri.ImageSpec(image=BUSYBOX_REF)), timeout=TIMEOUT)
+    warm = start_pod(rig, target, Timer(), "warm-up")  # pulls the pause image, first shim, caches
+    stop_pod(target, Timer(), *warm)
+
+    pods: list[tuple[str, str]] = []
+    for i in range(max(pods_n, density)):
+        t0 = time.perf_counter()
+        pods.append(start_pod(rig, target, timer if i < pods_n else Timer(), f"pod-{i}"))
+        if i < pods_n:
+            timer.samples.setdefault("pod start (sum of the three)", []).append(
+                (time.perf_counter() - t0) * 1000
+            )
+    time.sleep(2)  # let the collectors and shims settle
+    status = cri.ContainerStatusRequest(container_id=pods[0][1])
+    for _ in range(50):
+        timer("ContainerStatus", lambda: rt.ContainerStatus(status))
+    pod_status = cri.PodSandboxStatusRequest(pod_sandbox_id=pods[0][0])
+    for _ in range(50):
+        timer("PodSandboxStatus", lambda: rt.PodSandboxStatus(pod_status))
+    execs = cri.ExecSyncRequest(container_id=pods[0][1], cmd=["true"], timeout=10)
+    for _ in range(20):
+        result = timer("ExecSync true", lambda: rt.ExecSync(execs, timeout=TIMEOUT))
+        assert result.exit_code == 0
+    for _ in range(50):
+        timer(
+            f"ListPodSandbox + ListContainers ({len(pods)} pods)",
+            lambda: (
+                rt.ListPodSandbox(cri.ListPodSandboxRequest()),
+                rt.ListContainers(cri.ListContainersRequest()),
+            ),
+        )
+    target.memory["pods"] = memory(target.pid)
+    target.shims = [memory(shim_of(target, pod_id)) for pod_id, _ in pods]
+    for pod in pods:
+        stop_pod(target, timer, *pod)
+
+
+# --- containerd ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def containerd(rig: CriRig) -> Iterator[Target]:
+    """Debian's containerd on a root, state and socket of its own under the rig, with the rig's CNI and registry."""
+    base = rig.base / "containerd"
+    base.mkdir()
+    address = base / "containerd.sock"
+    # Debian's containerd 1.6 refuses a hosts.toml without a host table ("invalid `host` tree").
+    assert rig.registry is not None
+    hosts = base / "certs.d" / REGISTRY
+    hosts.mkdir(parents=True)
+    url = rig.registry.url
+    (hosts / "hosts.toml").write_text(
+        f'server = "{url}"\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    section = '[plugins."io.containerd.grpc.v1.cri"]'
+    (base / "config.toml").write_text(
+        "version = 2\n"
+        f'root = "{base / "root"}"\n'
+        f'state = "{base / "state"}"\n'
+        f'[grpc]\n  address = "{address}"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{base / "opt"}"\n'
+        f"{section}\n"
+        f'  sandbox_image = "{PAUSE_REF}"\n'
+        "  netns_mounts_under_state_dir = true\n"
+        "  restrict_oom_score_adj = true\n"
+        f"{section[:-1]}.cni]\n"
+        f'  bin_dir = "{CNI_BIN}"\n'
+        f'  conf_dir = "{rig.cni_conf_dir}"\n'
+        f"{section[:-1]}.registry]\n"
+        f'  config_path = "{base / "certs.d"}"\n'
+        f"{section[:-1]}.containerd.runtimes.runc]\n"
+        '  runtime_type = "io.containerd.runc.v2"\n'
+        f"{section[:-1]}.containerd.runtimes.runc.options]\n"
+        f'  Root = "{base / "runc"}"\n'
+    )
+    with open(base / "containerd.log", "wb") as log:
+        proc = subprocess.Popen(
+            [CONTAINERD, "--config", str(base / "config.toml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    channel = grpc.insecure_channel(f"unix://{address}")
+    runtime = cri_grpc.RuntimeServiceStub(channel)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"containerd exited: {(base / 'containerd.log').read_text()[-2000:]}")
+            with contextlib.suppress(grpc.RpcError):
+                runtime.Version(cri.VersionRequest(), timeout=1)
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("containerd did not answer in 30 s")
+            time.sleep(0.1)
+        yield Target(
+            "containerd 1.6 (Debian), stock runc shim", runtime, cri_grpc.ImageServiceStub(channel), proc.pid
+        )
+    finally:
+        with contextlib.suppress(grpc.RpcError):
+            for pod in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=TIMEOUT).items:
+                with contextlib.suppress(grpc.RpcError):
+                    runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=TIMEOUT)
+                    runtime.RemovePodSandbox(
+                        cri.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=TIMEOUT
+                    )
+        channel.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _kill_stock_shims(str(address))
+        # Anything left (mounts, netns, cgroups, runc state) is under the rig, whose clean-up removes it.
+
+
+def _kill_stock_shims(address: str) -> None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            if argv and b"containerd-shim" in argv[0] and address.encode() in argv:
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+# --- baseline and report ------------------------------------------------------------------------
 
 
 def runc_baseline(runs: int) -> list[float]:
@@ -139,9 +296,53 @@ def runc_baseline(runs: int) -> list[float]:
     return out
 
 
-def row(name: str, values: list[float], reference: float | None = None) -> str:
-    ref = f"{reference:g}" if reference is not None else "-"
-    return f"| {name} | {statistics.median(values):.1f} | {percentile(values, 0.9):.1f} | {len(values)} | {ref} |"
+def _cell(values: list[float] | None) -> str:
+    if not values:
+        return "- | -"
+    return f"{statistics.median(values):.1f} | {percentile(values, 0.9):.1f}"
+
+
+def report(wharfd: Target, reference: Target | None, runc: list[float]) -> None:
+    """Markdown tables: latencies (median, p90) per runtime and their ratio, then memory."""
+    print(f"\nwharfd CRI, handler {wharfd.handler or 'default'}, load average {wharfd.load:.1f}", end="")
+    if reference is not None:
+        print(f"; {reference.name}, load average {reference.load:.1f}", end="")
+    print("; milliseconds\n")
+    if reference is None:
+        print("| call | wharfd median | p90 | n | containerd (quoted) |\n|---|---|---|---|---|")
+        print(f"| `runc run` of `true` (baseline) | {_cell(runc)} | {len(runc)} | - |")
+        for name, values in wharfd.timer.samples.items():
+            quoted = QUOTED.get(name)
+            print(
+                f"| {name} | {_cell(values)} | {len(values)} | {'-' if quoted is None else f'{quoted:g}'} |"
+            )
+    else:
+        print(
+            "| call | wharfd median | p90 | containerd median | p90 | wharfd / containerd (median) |"
+            "\n|---|---|---|---|---|---|"
+        )
+        print(f"| `runc run` of `true` (baseline, for both) | {_cell(runc)} | - | - | - |")
+        for name, values in wharfd.timer.samples.items():
+            theirs = reference.timer.samples.get(name)
+            ratio = f"{statistics.median(values) / statistics.median(theirs):.2f}x" if theirs else "-"
+            print(f"| {name} | {_cell(values)} | {_cell(theirs)} | {ratio} |")
+    targets = [wharfd] + ([reference] if reference is not None else [])
+    header = " | ".join(t.name.split(",")[0] for t in targets)
+    print(f"\n| memory (MiB) | {header} |\n|---|" + "---|" * len(targets))
+    idle = " | ".join(f"{t.memory['idle'][0]:.1f} ({t.memory['idle'][1]:.1f})" for t in targets)
+    busy = " | ".join(f"{t.memory['pods'][0]:.1f} ({t.memory['pods'][1]:.1f})" for t in targets)
+    shim = " | ".join(
+        f"{statistics.mean(s[0] for s in t.shims):.1f} / {statistics.mean(s[1] for s in t.shims):.1f}"
+        for t in targets
+    )
+    print(f"| daemon RSS (PSS) idle | {idle} |")
+    print(f"| daemon RSS (PSS) with {len(wharfd.shims)} pods | {busy} |")
+    print(f"| shim RSS / PSS per pod | {shim} |")
+    if reference is None:
+        print(
+            f"\ncontainerd as quoted: daemon RSS idle {QUOTED['daemon RSS idle']:g}, with pods "
+            f"{QUOTED['daemon RSS with pods']:g}, shim PSS per pod {QUOTED['shim PSS per pod']:g}"
+        )
 
 
 def main() -> None:
@@ -151,71 +352,28 @@ def main() -> None:
     parser.add_argument("--pods", type=int, default=20, help="sequential pod starts timed")
     parser.add_argument("--density", type=int, default=30, help="pods running for the list/memory figures")
     parser.add_argument(
-        "--handler", default="", help="runtime handler ('' = default runc; 'wharf' = our shim)"
+        "--handler",
+        default="",
+        help="wharfd's runtime handler ('' = the default runtime; 'wharf' = our shim)",
+    )
+    parser.add_argument(
+        "--containerd", action="store_true", help=f"run the same sequence against {CONTAINERD} afterwards"
     )
     args = parser.parse_args()
     if os.geteuid() != 0 or RUNC is None:
         sys.exit("needs root and runc")
-    timer = Timer()
-    load = os.getloadavg()[0]
+    if args.containerd and not os.access(CONTAINERD, os.X_OK):
+        sys.exit(f"--containerd needs {CONTAINERD}")
+    reference: Target | None = None
     with CriRig() as rig:
-        daemon_pid = rig.daemon.proc.pid if rig.daemon.proc else 0
-        time.sleep(1)
-        idle_rss, idle_pss = memory(daemon_pid)
-        for _ in range(50):
-            timer("Version (baseline: socket round trip)", lambda: rig.runtime.Version(cri.VersionRequest()))
-        rig.pull()
-        warm = start_pod(rig, Timer(), "warm-up", args.handler)  # pulls the pause image, first shim, caches
-        stop_pod(rig, Timer(), *warm)
-
-        pods: list[tuple[str, str]] = []
-        for i in range(max(args.pods, args.density)):
-            t0 = time.perf_counter()
-            pods.append(start_pod(rig, timer if i < args.pods else Timer(), f"pod-{i}", args.handler))
-            if i < args.pods:
-                timer.samples.setdefault("pod start (sum of the three)", []).append(
-                    (time.perf_counter() - t0) * 1000
-                )
-        time.sleep(2)  # let the collectors and shims settle
-        status = cri.ContainerStatusRequest(container_id=pods[0][1])
-        for _ in range(50):
-            timer("ContainerStatus", lambda: rig.runtime.ContainerStatus(status))
-        execs = cri.ExecSyncRequest(container_id=pods[0][1], cmd=["true"], timeout=10)
-        for _ in range(20):
-            result = timer("ExecSync true", lambda: rig.runtime.ExecSync(execs, timeout=TIMEOUT))
-            assert result.exit_code == 0
-        for _ in range(50):
-            timer(
-                f"ListPodSandbox + ListContainers ({len(pods)} pods)",
-                lambda: (
-                    rig.runtime.ListPodSandbox(cri.ListPodSandboxRequest()),
-                    rig.runtime.ListContainers(cri.ListContainersRequest()),
-                ),
-            )
-        busy_rss, busy_pss = memory(daemon_pid)
-        shims = [memory(shim_of(rig, pod_id)) for pod_id, _ in pods]
-        for pod in pods:
-            stop_pod(rig, timer, *pod)
-    runc = runc_baseline(20)
-
-    print(
-        f"\nwharfd CRI, handler {args.handler or 'runc (default)'}, load average {load:.1f}; milliseconds\n"
-    )
-    print("| call | median | p90 | n | containerd |\n|---|---|---|---|---|")
-    print(row("`runc run` of `true` (baseline)", runc))
-    for name, values in timer.samples.items():
-        print(row(name, values, CONTAINERD.get(name)))
-    print("\n| memory (MiB) | wharfd | containerd |\n|---|---|---|")
-    print(f"| daemon RSS idle (PSS) | {idle_rss:.1f} ({idle_pss:.1f}) | {CONTAINERD['daemon RSS idle']:g} |")
-    print(
-        f"| daemon RSS with {len(pods)} pods (PSS) | {busy_rss:.1f} ({busy_pss:.1f}) | "
-        f"{CONTAINERD['daemon RSS with 30 pods']:g} |"
-    )
-    if shims:
-        rss = statistics.mean(s[0] for s in shims)
-        pss = statistics.mean(s[1] for s in shims)
-        reference = CONTAINERD["shim PSS per pod"]
-        print(f"| shim RSS / PSS per pod ({len(shims)} shims) | {rss:.1f} / {pss:.1f} | - / {reference:g} |")
+        pid = rig.daemon.proc.pid if rig.daemon.proc else 0
+        wharfd = Target("wharfd", rig.runtime, rig.images, pid, handler=args.handler)
+        run_sequence(rig, wharfd, args.pods, args.density)
+        if args.containerd:
+            rig.daemon.stop()  # idle, but out of containerd's way
+            with containerd(rig) as reference:
+                run_sequence(rig, reference, args.pods, args.density)
+    report(wharfd, reference, runc_baseline(20))
 
 
 if __name__ == "__main__":

@@ -89,12 +89,8 @@ async def invoke(
         start_new_session=True,
     )
     try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate(config)
+        out, err = await _communicate(proc, config, timeout)
     except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
         raise errors.DeadlineExceeded(
             f"CNI plugin {kind} {invocation.command} for {invocation.container_id}: no answer in {timeout:g}s"
         ) from None
@@ -109,6 +105,38 @@ async def invoke(
             f"CNI plugin {kind} {invocation.command}: answered invalid JSON: {out[:200]!r}"
         ) from None
     return answer if isinstance(answer, dict) else None
+
+
+async def _communicate(proc: asyncio.subprocess.Process, stdin: bytes, timeout: float) -> tuple[bytes, bytes]:
+    """The plugin's (stdout, stderr); TimeoutError once it was killed for overrunning ``timeout``.
+
+    A caller going away does not stop the plugin: one stopped half-way may hold
+    what its DEL never hears of (an address, a veth), so it runs to its end (or
+    its timeout) first, and the caller's undo then finds everything it did.
+    Only a second cancellation kills it at once.
+    """
+    deadline = asyncio.get_running_loop().time() + timeout
+    talk = asyncio.ensure_future(proc.communicate(stdin))
+    cancelled = False
+    try:
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    out, err = await asyncio.shield(talk)
+                break
+            except asyncio.CancelledError:
+                if cancelled:
+                    raise
+                cancelled = True
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its own group: what it started goes too
+        talk.cancel()
+        await asyncio.shield(proc.wait())
+        raise
+    if cancelled:
+        raise asyncio.CancelledError
+    return out, err
 
 
 def _plugin_error(kind: str, inv: Invocation, out: bytes, err: bytes, status: int) -> PluginError:

@@ -194,7 +194,8 @@ class ContainerIO:
         """Make (``create``) and open the FIFOs: output read ends, and stdin held open for writers; blocking.
 
         Opened before the task exists, so the pipes are held from the first byte.
-        NotFound when ``create`` is false and a FIFO is missing.
+        NotFound when ``create`` is false and a FIFO is missing. The keeper that
+        holds them across a daemon restart is :meth:`keep`'s.
         """
         try:
             if create:
@@ -211,14 +212,22 @@ class ContainerIO:
                     self._fds[name] = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
                     if not create:
                         _arm_hangup(path)
-            if not fifo_keeper.alive(self.directory):
-                fifo_keeper.start(self.directory, [self._path(name) for name in self.streams()])
         except FileNotFoundError as exc:
             self._close_fds()
             raise errors.NotFound(f"container io {exc.filename}: FIFO missing") from exc
         except BaseException:
             self._close_fds()
             raise
+
+    def keep(self) -> None:
+        """Start the FIFO keeper unless one holds these FIFOs already (blocking; logs a failure).
+
+        Its own process, so a few milliseconds: StartContainer runs it beside the
+        task's creation. It only matters once the daemon itself may go away, and
+        a start the daemon did not finish is not resumed after a restart anyway.
+        """
+        if not fifo_keeper.alive(self.directory):
+            fifo_keeper.start(self.directory, [self._path(name) for name in self.streams()])
 
     async def start_copying(self) -> None:
         """Open the log file and copy every stream into it (call once the shim has opened the FIFOs)."""
@@ -339,6 +348,7 @@ async def reattach_all(state: CriState) -> None:
                 await asyncio.to_thread(_flush_partials, io)
                 continue
             await asyncio.to_thread(io.open, create=False)
+            await asyncio.to_thread(io.keep)
             await io.start_copying()
         except (OSError, errors.WharfError) as exc:
             log.error("container %s: cannot resume copying its output: %s", container.id, exc)

@@ -48,7 +48,10 @@ def _resolve(store: object, prefix: str) -> str | None:
 async def list_containers(state: CriState, request: cri.ListContainersRequest) -> cri.ListContainersResponse:
     """Handle ListContainers."""
     wanted = request.filter if request.HasField("filter") else None
-    return cri.ListContainersResponse(containers=[to_cri_container(c) for c in select(state, wanted)])
+    response = cri.ListContainersResponse()
+    for container in select(state, wanted):
+        to_cri_container(container, response.containers.add())
+    return response
 
 
 async def stream_containers(
@@ -57,4 +60,7 @@ async def stream_containers(
     """Handle StreamContainers: the same list in chunks, each container once."""
     wanted = request.filter if request.HasField("filter") else None
     async for chunk in aiter_chunks(select(state, wanted), CHUNK):
-        yield cri.StreamContainersResponse(containers=[to_cri_container(c) for c in chunk])
+        response = cri.StreamContainersResponse()
+        for container in chunk:
+            to_cri_container(container, response.containers.add())
+        yield response

@@ -3,8 +3,10 @@
 The spec carries ``io.kubernetes.cri.sandbox-id``, so the task manager puts
 the task in the shim that serves the pod's pause task. The stdio FIFOs are
 opened before the task is created (so the pipes are held from the first
-byte) and copied into the log file once the shim has opened them
-(:mod:`wharfd.cri.container_io`). A failure at any step leaves the container
+byte; their keeper process starts while the task is created) and copied into
+the log file once the shim has opened them (:mod:`wharfd.cri.container_io`).
+Only the final state is written to the status file before the answer: the
+``starting`` mark is memory only, as recovery drops it anyway. A failure at any step leaves the container
 EXITED with reason ``StartError``, exit code 128 and the error as message, as
 containerd does, and nothing of the task behind.
 """
@@ -18,8 +20,9 @@ import logging
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.types import mount_pb2
 from wharfd.cri import container_io
-from wharfd.cri.store import Container, CriState, SandboxState, now_ns
+from wharfd.cri.store import Container, CriState, SandboxState, both, now_ns
 from wharfd.runtime import errors, namespaces
+from wharfd.runtime.metadata.containers import Container as Record
 from wharfd.runtime.tasks.manager import CreateRequest
 
 log = logging.getLogger("wharfd.cri.start")
@@ -43,7 +46,8 @@ async def start_container(state: CriState, request: cri.StartContainerRequest) -
             raise errors.FailedPrecondition(
                 f'container "{container.id}": its sandbox {container.sandbox_id} is not ready'
             )
-        await container.update(starting=True)
+        # Memory only: recovery drops the flag anyway (a start cut short by a crash did not finish).
+        container.set_memory_only(starting=True)
         try:
             pid, started = await _start(state, container)
         except BaseException as exc:
@@ -57,6 +61,36 @@ async def start_container(state: CriState, request: cri.StartContainerRequest) -
 
 
 async def _start(state: CriState, container: Container) -> tuple[int, int]:
+    io = container_io.for_container(state, container)
+    task = None
+    try:
+        # The FIFOs are opened while the record and the rootfs are read.
+        (record, rootfs), _ = await both(
+            _task_inputs(state, container), asyncio.to_thread(io.open, create=True)
+        )
+        request = CreateRequest(
+            spec_json=record.spec.value if record.spec is not None else b"",
+            runtime=record.runtime_name,
+            options=record.runtime_options,
+            rootfs=rootfs,
+            io=io.task_io(),
+        )
+        # The keeper (a process of its own) starts while the shim creates the task.
+        _, task = await both(
+            asyncio.to_thread(io.keep), state.tasks.create(container.id, request, namespaces.K8S)
+        )
+        await io.start_copying()
+        state.ios[container.id] = io
+        started = now_ns()
+        pid = await task.start()
+    except BaseException:
+        await asyncio.shield(_undo(state, container.id, io, task is not None))
+        raise
+    return pid, started
+
+
+async def _task_inputs(state: CriState, container: Container) -> tuple[Record, list[mount_pb2.Mount]]:
+    """The container's record (with its spec) and its rootfs mounts."""
     record = await state.meta.get(container.id)
     if record.spec is None:
         raise errors.DataLoss(f'container "{container.id}": its record has no spec')
@@ -67,26 +101,7 @@ async def _start(state: CriState, container: Container) -> tuple[int, int]:
         mount_pb2.Mount(type=m.type, source=m.source, target=m.target, options=list(m.options))
         for m in await snapshotter.mounts(container.metadata.snapshot_key)
     ]
-    io = container_io.for_container(state, container)
-    await asyncio.to_thread(io.open, create=True)
-    task = None
-    try:
-        request = CreateRequest(
-            spec_json=record.spec.value,
-            runtime=record.runtime_name,
-            options=record.runtime_options,
-            rootfs=rootfs,
-            io=io.task_io(),
-        )
-        task = await state.tasks.create(container.id, request, namespaces.K8S)
-        await io.start_copying()
-        state.ios[container.id] = io
-        started = now_ns()
-        pid = await task.start()
-    except BaseException:
-        await asyncio.shield(_undo(state, container.id, io, task is not None))
-        raise
-    return pid, started
+    return record, rootfs
 
 
 async def _undo(state: CriState, container_id: str, io: container_io.ContainerIO, created: bool) -> None:

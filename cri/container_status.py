@@ -39,21 +39,29 @@ def reason_of(container: Container) -> str:
     return REASON_COMPLETED if status.exit_code == 0 else REASON_ERROR
 
 
-def to_cri_container(container: Container) -> cri.Container:
-    """The ``runtime.v1.Container`` of ListContainers."""
-    meta = container.metadata
-    return cri.Container(
-        id=container.id,
-        pod_sandbox_id=container.sandbox_id,
-        metadata=meta.config.metadata,
-        image=meta.config.image,
-        image_ref=meta.image_id,
-        image_id=meta.image_id,
-        state=container.status.state(),
-        created_at=container.status.created_at,
-        labels=dict(meta.config.labels),
-        annotations=dict(meta.config.annotations),
-    )
+def to_cri_container(container: Container, into: cri.Container | None = None) -> cri.Container:
+    """The ``runtime.v1.Container`` of ListContainers, written into ``into`` (a response's new entry) if given.
+
+    The fields that never change are built once per container and copied.
+    """
+    base = container.list_base
+    if base is None:
+        meta = container.metadata
+        base = container.list_base = cri.Container(
+            id=container.id,
+            pod_sandbox_id=container.sandbox_id,
+            metadata=meta.config.metadata,
+            image=meta.config.image,
+            image_ref=meta.image_id,
+            image_id=meta.image_id,
+            labels=meta.config.labels,
+            annotations=meta.config.annotations,
+        )
+    out = cri.Container() if into is None else into
+    out.CopyFrom(base)
+    out.state = container.status.state()
+    out.created_at = container.status.created_at
+    return out
 
 
 def current_resources(container: Container) -> cri.LinuxContainerResources | None:
@@ -86,6 +94,15 @@ def _user(spec: oci.Spec) -> cri.ContainerUser:
 
 
 async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, str]:
+    """The image as reported now: its first repo tag and first repo digest while it is present.
+
+    Remembered per container while the image store is unchanged (its generation), so
+    the repeated calls kubelet makes are answered from memory.
+    """
+    generation = getattr(state.catalog.images, "generation", None)
+    cached = container.image_view
+    if generation is not None and cached is not None and cached[0] == generation:
+        return cached[1], cached[2]
     config_image = container.metadata.config.image
     try:
         image = await state.catalog.find(container.metadata.image_id)
@@ -95,43 +112,62 @@ async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, 
     spec.CopyFrom(config_image)
     if image.repo_tags:
         spec.image = image.repo_tags[0]
-    return spec, (image.repo_digests or [container.metadata.image_id])[0]
+    ref = (image.repo_digests or [container.metadata.image_id])[0]
+    if generation is not None:
+        container.image_view = (generation, spec, ref)
+    return spec, ref
+
+
+async def _static_status(state: CriState, container: Container) -> cri.ContainerStatus:
+    """The fields of a container's status that never change, built once (the user needs its spec)."""
+    if container.status_base is not None:
+        return container.status_base
+    record = await state.meta.get(container.id)
+    spec = oci.from_any(record.spec) if record.spec is not None else {}
+    meta = container.metadata
+    base = cri.ContainerStatus(
+        id=container.id,
+        metadata=meta.config.metadata,
+        image_id=meta.image_id,
+        labels=meta.config.labels,
+        annotations=meta.config.annotations,
+        mounts=meta.config.mounts,
+        log_path=meta.log_path,
+        user=_user(spec),
+        stop_signal=stop_signal_enum(meta.stop_signal),
+    )
+    container.status_base = base
+    return base
 
 
 async def container_status(
     state: CriState, request: cri.ContainerStatusRequest
 ) -> cri.ContainerStatusResponse:
-    """Handle ContainerStatus (NotFound for an unknown id)."""
+    """Handle ContainerStatus (NotFound for an unknown id); from memory once a container was asked for."""
     container = state.containers.get(request.container_id)
-    record = await state.meta.get(container.id)
-    spec = oci.from_any(record.spec) if record.spec is not None else {}
+    base = await _static_status(state, container)
     image, image_ref = await _image(state, container)
-    meta, status = container.metadata, container.status
-    out = cri.ContainerStatus(
-        id=container.id,
-        metadata=meta.config.metadata,
-        state=status.state(),
-        created_at=status.created_at,
-        started_at=status.started_at,
-        finished_at=status.finished_at,
-        exit_code=status.exit_code,
-        image=image,
-        image_ref=image_ref,
-        image_id=meta.image_id,
-        reason=reason_of(container),
-        message=status.message,
-        labels=dict(meta.config.labels),
-        annotations=dict(meta.config.annotations),
-        mounts=list(meta.config.mounts),
-        log_path=meta.log_path,
-        user=_user(spec),
-        stop_signal=stop_signal_enum(meta.stop_signal),
-    )
+    response = cri.ContainerStatusResponse()
+    out = response.status
+    out.CopyFrom(base)
+    status = container.status
+    out.state = status.state()
+    out.created_at = status.created_at
+    out.started_at = status.started_at
+    out.finished_at = status.finished_at
+    out.exit_code = status.exit_code
+    out.image.CopyFrom(image)
+    out.image_ref = image_ref
+    out.reason = reason_of(container)
+    out.message = status.message
     resources = current_resources(container)
     if resources is not None:
         out.resources.linux.CopyFrom(resources)
-    info = {"info": json.dumps(verbose_info(state, container, record, spec))} if request.verbose else {}
-    return cri.ContainerStatusResponse(status=out, info=info)
+    if request.verbose:
+        record = await state.meta.get(container.id)
+        spec = oci.from_any(record.spec) if record.spec is not None else {}
+        response.info["info"] = json.dumps(verbose_info(state, container, record, spec))
+    return response
 
 
 def verbose_info(state: CriState, container: Container, record: Record, spec: oci.Spec) -> dict[str, Any]:

@@ -19,7 +19,6 @@ unshares and pins its own netns; no fork of this many-threaded daemon).
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import re
 from collections.abc import Mapping, Sequence
@@ -31,6 +30,7 @@ from wharfd.cni import config as cniconfig
 from wharfd.cni import netns
 from wharfd.cni import network as cninet
 from wharfd.cni.manager import Attached, CniManager, Settings
+from wharfd.cri.store import both
 from wharfd.runtime import errors
 
 POD_ANNOTATIONS_CAPABILITY = "io.kubernetes.cri.pod-annotations"
@@ -202,26 +202,36 @@ _LOOPBACK_CONF = b'{"cniVersion": "1.0.0", "name": "cni-loopback", "plugins": [{
 
 
 async def setup(
-    manager: CniManager, sandbox_id: str, netns: str, config: cri.PodSandboxConfig
+    manager: CniManager, sandbox_id: str, netns: str, config: cri.PodSandboxConfig, *, serially: bool = False
 ) -> list[Attached]:
-    """CNI ADD of a pod: ``lo`` up through the loopback plugin, then every configured network."""
+    """CNI ADD of a pod: ``lo`` up through the loopback plugin, and every configured network.
+
+    The loopback and the configured networks are independent, so they are
+    attached side by side (as go-cni attaches a pod's networks), or one after
+    the other with ``serially`` (the ``cni.setup_serially`` setting). On
+    failure what was attached stays: the caller undoes it with :func:`teardown`.
+    """
     args = tuple(cni_args(sandbox_id, config))
-    await loopback(manager).add(cninet.Attachment(sandbox_id, netns, LOOPBACK_IFNAME, args))
-    try:
-        return await manager.setup(sandbox_id, netns, args, capability_args(config))
-    except BaseException:
-        with contextlib.suppress(Exception):
-            await loopback(manager).delete(cninet.Attachment(sandbox_id, netns, LOOPBACK_IFNAME, args))
-        raise
+    lo = loopback(manager)
+    lo_attachment = cninet.Attachment(sandbox_id, netns, LOOPBACK_IFNAME, args)
+    caps = capability_args(config)
+    if serially:
+        await lo.add(lo_attachment)
+        return await manager.setup(sandbox_id, netns, args, caps)
+    _, attached = await both(lo.add(lo_attachment), manager.setup(sandbox_id, netns, args, caps))
+    return attached
 
 
 async def teardown(manager: CniManager, sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> None:
-    """CNI DEL of a pod from every network, then loopback (``netns`` may be "" once the namespace is gone)."""
+    """CNI DEL of a pod from every network and from loopback, side by side; the first failure is raised.
+
+    ``netns`` may be "" once the namespace is gone.
+    """
     args = tuple(cni_args(sandbox_id, config))
-    try:
-        await manager.teardown(sandbox_id, netns, args, capability_args(config))
-    finally:
-        await loopback(manager).delete(cninet.Attachment(sandbox_id, netns, LOOPBACK_IFNAME, args))
+    lo = cninet.Attachment(sandbox_id, netns, LOOPBACK_IFNAME, args)
+    await both(
+        manager.teardown(sandbox_id, netns, args, capability_args(config)), loopback(manager).delete(lo)
+    )
 
 
 def result_summary(attached: Sequence[Attached]) -> dict[str, Any]:

@@ -301,6 +301,9 @@ class Sandbox(_Tracked[SandboxStatus]):
         self.stopped = asyncio.Event()
         if status.exited_at or status.sandbox_state is not SandboxState.READY:
             self.stopped.set()
+        # The parts of its CRI messages that never change, built on first use (wharfd.cri.sandbox_*).
+        self.list_base: cri.PodSandbox | None = None
+        self.status_base: cri.PodSandboxStatus | None = None
 
     @property
     def id(self) -> str:
@@ -317,6 +320,12 @@ class Container(_Tracked[ContainerStatus]):
         self.exited = asyncio.Event()
         if status.finished_at or status.unknown:
             self.exited.set()
+        # The parts of its CRI messages that never change, built on first use, and the image as
+        # ContainerStatus reports it with the image store generation it was read at
+        # (wharfd.cri.container_status).
+        self.list_base: cri.Container | None = None
+        self.status_base: cri.ContainerStatus | None = None
+        self.image_view: tuple[int, cri.ImageSpec, str] | None = None
 
     @property
     def id(self) -> str:

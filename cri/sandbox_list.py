@@ -18,26 +18,33 @@ from wharfd.runtime import errors
 STREAM_CHUNK = 100
 
 
-def to_cri(sandbox: Sandbox) -> cri.PodSandbox:
-    """The ListPodSandbox entry of a pod."""
-    meta, status = sandbox.metadata, sandbox.status
-    return cri.PodSandbox(
-        id=meta.id,
-        metadata=meta.config.metadata,
-        state=status.sandbox_state.to_cri(),
-        created_at=status.created_at,
-        labels=dict(meta.config.labels),
-        annotations=dict(meta.config.annotations),
-        runtime_handler=meta.runtime_handler,
-    )
+def to_cri(sandbox: Sandbox, into: cri.PodSandbox | None = None) -> cri.PodSandbox:
+    """The ListPodSandbox entry of a pod, written into ``into`` (a response's new entry) if given.
+
+    The fields that never change are built once per pod and copied.
+    """
+    base = sandbox.list_base
+    if base is None:
+        meta = sandbox.metadata
+        base = sandbox.list_base = cri.PodSandbox(
+            id=meta.id,
+            metadata=meta.config.metadata,
+            labels=meta.config.labels,
+            annotations=meta.config.annotations,
+            runtime_handler=meta.runtime_handler,
+        )
+    out = cri.PodSandbox() if into is None else into
+    out.CopyFrom(base)
+    out.state = sandbox.status.sandbox_state.to_cri()
+    out.created_at = sandbox.status.created_at
+    return out
 
 
-def matching(state: CriState, flt: cri.PodSandboxFilter | None) -> list[cri.PodSandbox]:
+def select(state: CriState, flt: cri.PodSandboxFilter | None) -> list[Sandbox]:
     """The pods the filter selects, oldest first."""
-    items = [to_cri(s) for s in state.sandboxes.list()]
-    items.sort(key=lambda p: (p.created_at, p.id))
+    sandboxes = sorted(state.sandboxes.list(), key=lambda s: (s.status.created_at, s.id))
     if flt is None:
-        return items
+        return sandboxes
     wanted_id = flt.id
     if wanted_id:
         # Unknown or ambiguous: only an exact match could still select it, and none will.
@@ -45,18 +52,26 @@ def matching(state: CriState, flt: cri.PodSandboxFilter | None) -> list[cri.PodS
             wanted_id = state.sandboxes.resolve(wanted_id)
     selector = dict(flt.label_selector)
     return [
-        p
-        for p in items
-        if (not wanted_id or p.id == wanted_id)
-        and (not flt.HasField("state") or p.state == flt.state.state)
-        and all(p.labels.get(k) == v for k, v in selector.items())
+        s
+        for s in sandboxes
+        if (not wanted_id or s.id == wanted_id)
+        and (not flt.HasField("state") or s.status.sandbox_state.to_cri() == flt.state.state)
+        and all(s.metadata.config.labels.get(k) == v for k, v in selector.items())
     ]
+
+
+def matching(state: CriState, flt: cri.PodSandboxFilter | None) -> list[cri.PodSandbox]:
+    """The entries of the pods the filter selects, oldest first."""
+    return [to_cri(s) for s in select(state, flt)]
 
 
 async def list_pod_sandbox(state: CriState, request: cri.ListPodSandboxRequest) -> cri.ListPodSandboxResponse:
     """Answer ListPodSandbox."""
     flt = request.filter if request.HasField("filter") else None
-    return cri.ListPodSandboxResponse(items=matching(state, flt))
+    response = cri.ListPodSandboxResponse()
+    for sandbox in select(state, flt):
+        to_cri(sandbox, response.items.add())
+    return response
 
 
 async def stream_pod_sandboxes(
@@ -64,6 +79,9 @@ async def stream_pod_sandboxes(
 ) -> AsyncIterator[cri.StreamPodSandboxesResponse]:
     """Answer StreamPodSandboxes: the same list as ListPodSandbox, in chunks (taken at one instant)."""
     flt = request.filter if request.HasField("filter") else None
-    items = matching(state, flt)
-    for start in range(0, len(items), STREAM_CHUNK):
-        yield cri.StreamPodSandboxesResponse(pod_sandboxes=items[start : start + STREAM_CHUNK])
+    sandboxes = select(state, flt)
+    for start in range(0, len(sandboxes), STREAM_CHUNK):
+        response = cri.StreamPodSandboxesResponse()
+        for sandbox in sandboxes[start : start + STREAM_CHUNK]:
+            to_cri(sandbox, response.pod_sandboxes.add())
+        yield response

@@ -18,7 +18,7 @@ from wharfd.cri import sandbox_files
 from wharfd.cri.container_remove import remove_container
 from wharfd.cri.recovery import delete_task
 from wharfd.cri.sandbox_stop import stop_sandbox
-from wharfd.cri.store import CriState, Sandbox, in_k8s_namespace
+from wharfd.cri.store import CriState, Sandbox, both, in_k8s_namespace
 from wharfd.runtime import errors
 
 log = logging.getLogger("wharfd.cri.sandbox")
@@ -46,18 +46,22 @@ async def remove_pod_sandbox(
 async def _remove_sandbox(state: CriState, sandbox: Sandbox) -> None:
     sandbox.forget()  # a late exit event must not write a status file into the removed directory
     await delete_task(state, sandbox.id)
-    snapshotter = state.snapshotters.get(sandbox.metadata.snapshotter)
     with in_k8s_namespace():
-        if snapshotter is not None:
-            with contextlib.suppress(errors.NotFound):
-                await snapshotter.remove(sandbox.id)
-        await asyncio.to_thread(
-            sandbox_files.remove,
-            state.sandbox_root(sandbox.id),
-            state.sandbox_state_dir(sandbox.id),
-            sandbox.metadata.config,
-        )
+        # The snapshot and the files are independent; the record goes after both.
+        await both(_remove_snapshot(state, sandbox), _remove_files(state, sandbox))
         with contextlib.suppress(errors.NotFound):
             await state.meta.delete(sandbox.id)
     state.sandboxes.delete(sandbox.id)
     state.sandbox_names.release_key(sandbox.id)
+
+
+async def _remove_snapshot(state: CriState, sandbox: Sandbox) -> None:
+    snapshotter = state.snapshotters.get(sandbox.metadata.snapshotter)
+    if snapshotter is not None:
+        with contextlib.suppress(errors.NotFound):
+            await snapshotter.remove(sandbox.id)
+
+
+async def _remove_files(state: CriState, sandbox: Sandbox) -> None:
+    root, state_dir = state.sandbox_root(sandbox.id), state.sandbox_state_dir(sandbox.id)
+    await asyncio.to_thread(sandbox_files.remove, root, state_dir, sandbox.metadata.config)

@@ -1,21 +1,33 @@
 """RunPodSandbox: a pod's name, network, files, pause container and task, all or nothing.
 
 The steps, each registering its undo on an :class:`contextlib.AsyncExitStack`
-right where it allocates, so a failure (or the caller going away) undoes the
-rest in reverse order — task, record, snapshot, files, CNI DEL, netns, name:
+right where it allocates, so a failure (or the caller going away) undoes
+everything done so far in reverse order:
 
 1. validate the metadata and the runtime handler, and compute the CNI
    capability arguments (a bad bandwidth annotation fails here, before any work);
 2. reserve ``<name>_<namespace>_<uid>_<attempt>`` (AlreadyExists names the holder);
-3. make sure the sandbox image is here (pulled and pinned when absent; an
-   imported image is used as is, so offline nodes never touch a registry);
-4. unless the pod uses the node's network: a pinned netns, then CNI ADD;
-5. hostname / hosts / resolv.conf / shm (:mod:`wharfd.cri.sandbox_files`);
-6. the containerd container record (kind ``sandbox``, CRI metadata in an
-   extension), then its snapshot on the image's chain id — in that order so
-   the record holds the snapshot against garbage collection from the start;
-7. the task, through the task manager with the handler's runtime, started;
-8. the status file (READY) and the in-memory stores.
+3. then two branches side by side, as they are independent once the netns
+   exists (the pause joins the netns by path, CNI configures it):
+
+   * network (unless the pod uses the node's): a pinned netns, then CNI ADD;
+   * pause: the sandbox image (pulled and pinned when absent; an imported
+     image is used as is, so offline nodes never touch a registry), the
+     hostname / hosts / resolv.conf / shm files (:mod:`wharfd.cri.sandbox_files`),
+     the containerd container record (kind ``sandbox``, CRI metadata in an
+     extension), its snapshot on the image's chain id — record first, so it
+     holds the snapshot against garbage collection — then the task through
+     the task manager with the handler's runtime, started.
+
+   The netns is made while the pause is prepared; CNI ADD then runs beside
+   the shim launch and task start (started together, as the plugin processes
+   would otherwise slow the short preparation steps on a busy node). A failing
+   branch does not cut the other short (a CNI plugin stopped half-way could
+   keep an address its DEL never hears of; a half-made shim is the task
+   manager's to undo), but a branch that has not yet reached its costly step
+   skips it. Both end before the rollback starts;
+4. the network branch then stores its results (IPs, CNI result) in the record,
+   while the pause branch writes the status file (READY); then the in-memory stores.
 """
 
 from __future__ import annotations
@@ -26,7 +38,7 @@ import logging
 import re
 import tempfile
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +50,14 @@ from wharfd.cri import network, sandbox_files, sandbox_spec
 from wharfd.cri.recovery import apply_exit
 from wharfd.cri.sandbox_stop import kill_and_reap
 from wharfd.cri.store import (
+    SANDBOX_METADATA_EXT,
     CriState,
     Runtime,
+    Sandbox,
     SandboxMetadata,
     SandboxState,
     SandboxStatus,
+    both,
     new_id,
     now_ns,
     runtime_for,
@@ -51,6 +66,7 @@ from wharfd.cri.store import (
 )
 from wharfd.cri.store import in_k8s_namespace as _k8s
 from wharfd.runtime import errors, mount, namespaces
+from wharfd.runtime.metadata.containers import Container as Record
 from wharfd.runtime.oci import spec as ocispec
 from wharfd.runtime.oci import users
 from wharfd.runtime.oci.image_config import RunConfig
@@ -69,9 +85,9 @@ def validate(config: cri.PodSandboxConfig) -> None:
     if not config.HasField("metadata"):
         raise errors.InvalidArgument("sandbox config must include metadata")
     meta = config.metadata
-    for field in ("name", "uid", "namespace"):
-        if not getattr(meta, field):
-            raise errors.InvalidArgument(f"sandbox config metadata.{field} must be set")
+    for key in ("name", "uid", "namespace"):
+        if not getattr(meta, key):
+            raise errors.InvalidArgument(f"sandbox config metadata.{key} must be set")
     if meta.attempt < 0:
         raise errors.InvalidArgument("sandbox config metadata.attempt must not be negative")
 
@@ -111,6 +127,17 @@ class _Run:
     config: cri.PodSandboxConfig
     runtime: Runtime
     handler: str
+    # Set once the network branch has its netns (or gave up): the pause may then join it.
+    netns_made: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set once the pause branch is ready for its task (or gave up). CNI ADD waits for it: its
+    # plugin processes would slow the short steps before the task, which is the longer branch.
+    prepared: asyncio.Event = field(default_factory=asyncio.Event)
+    failed: bool = False  # a branch failed: the other skips its remaining costly steps
+    made: _Prepared | None = None  # what the pause branch prepared, once it has
+
+    def fail(self) -> None:
+        """Tell the branches that one of them failed."""
+        self.failed = True
 
     def later(self, what: str, fn: Callable[[], Awaitable[Any]]) -> None:
         """Register an undo step that logs its own failure, so the remaining steps still run."""
@@ -126,16 +153,54 @@ class _Run:
 
     async def run(self, name: str) -> None:
         """Every step after the name reservation."""
+        state = self.state
+        if not network.host_network(self.config) and state.cni is None:
+            raise errors.FailedPrecondition("cni config not initialized: pod networking is not available")
+        net, sandbox = await both(self.network(), self.pause(name), failed=self.fail)
+        sandbox.metadata = net.apply(sandbox.metadata)  # the status file does not hold these
+        state.sandboxes.add(sandbox)
+        await _catch_early_exit(state, self.id)
+
+    async def pause(self, name: str) -> Sandbox:
+        """The pause branch: everything the task needs, then (once the netns exists) the task, READY."""
+        try:
+            made = self.made = await self.prepare(name)
+        finally:
+            self.prepared.set()  # the network branch goes on to CNI ADD (or sees the failure)
+        await self.netns_made.wait()
+        self.check_sibling()  # the shim launch is the costly step: none when the network failed
+        pid = await self.start_task(made.spec, made.mounts)
+        created = made.record.created_at
+        status = SandboxStatus(
+            state=SandboxState.READY.value,
+            pid=pid,
+            created_at=int(created.timestamp() * 1e9) if created else now_ns(),
+        )
+        sandbox = self.state.new_sandbox(made.meta, status)
+        await sandbox.update()  # the status file
+        return sandbox
+
+    async def prepare(self, name: str) -> _Prepared:
+        """The pod's files, beside the image, spec, record and snapshot of the pause container."""
+        _, made = await both(self.files(), self.container(name))
+        return made
+
+    async def files(self) -> None:
+        """hostname, hosts, resolv.conf and /dev/shm of the pod."""
+        state, config = self.state, self.config
+        root, vol = state.sandbox_root(self.id), state.sandbox_state_dir(self.id)
+        self.later("sandbox files", lambda: asyncio.to_thread(sandbox_files.remove, root, vol, config))
+        await asyncio.to_thread(sandbox_files.setup, root, vol, config)
+
+    async def container(self, name: str) -> _Prepared:
+        """The sandbox image, the pause container's spec, its record and its snapshot."""
         state, config = self.state, self.config
         image = await ensure_sandbox_image(state, self.handler)
         run_config = RunConfig.from_json(
             (image.config or {}).get("config"), what="sandbox image config.config"
         )
-        netns_path, ip, extra_ips, cni_result = await self.network()
-        root, vol = state.sandbox_root(self.id), state.sandbox_state_dir(self.id)
-        self.later("sandbox files", lambda: asyncio.to_thread(sandbox_files.remove, root, vol, config))
-        await asyncio.to_thread(sandbox_files.setup, root, vol, config)
         snapshotter_name = self.runtime.snapshotter or _default_snapshotter(state)
+        netns_path = "" if network.host_network(config) else str(self.netns_path())
         meta = SandboxMetadata(
             id=self.id,
             name=name,
@@ -143,35 +208,39 @@ class _Run:
             runtime_handler=self.handler,
             runtime_type=self.runtime.type,
             netns_path=netns_path,
-            ip=ip,
-            additional_ips=tuple(extra_ips),
-            cni_result=cni_result,
             image=image.id,
             snapshotter=snapshotter_name,
         )
         userstr = sandbox_spec.user_string(config, run_config)
         spec_input = self.spec_input(run_config, netns_path, _numeric_user(userstr))
         spec = sandbox_spec.generate(spec_input)
-        await self.create_record(meta, spec, {**run_config.labels, **config.labels})
+        record = await self.create_record(meta, spec, {**run_config.labels, **config.labels})
         mounts = await self.prepare_snapshot(snapshotter_name, image.chain_id)
-        if userstr and spec_input.user is None:
+        spec_changed = bool(userstr) and spec_input.user is None
+        if spec_changed:
             resolved = await asyncio.to_thread(_resolve_user, userstr, mounts, image.id)
             spec = sandbox_spec.generate(replace(spec_input, user=resolved))
+            record = replace(record, spec=ocispec.to_any(spec))
+        return _Prepared(meta, record, spec, mounts, spec_changed)
+
+    async def finish_record(self, net: _Network) -> None:
+        """Store the network's results (and a spec regenerated for the image's user) in the record."""
+        made = self.made
+        assert made is not None  # the network branch waits for the preparation
+        paths = ["spec"] if made.spec_changed else []
+        record = made.record
+        if made.meta.netns_path:
+            paths.append(f"extensions.{SANDBOX_METADATA_EXT}")
+            metadata = net.apply(made.meta).to_any()
+            record = replace(record, extensions={**record.extensions, SANDBOX_METADATA_EXT: metadata})
+        if paths:
             with _k8s():
-                record = await state.meta.get(self.id)
-                await state.meta.update(replace(record, spec=ocispec.to_any(spec)), ["spec"])
-        pid = await self.start_task(spec, mounts)
-        with _k8s():
-            created = (await state.meta.get(self.id)).created_at
-        status = SandboxStatus(
-            state=SandboxState.READY.value,
-            pid=pid,
-            created_at=int(created.timestamp() * 1e9) if created else now_ns(),
-        )
-        sandbox = state.new_sandbox(meta, status)
-        await sandbox.update()
-        state.sandboxes.add(sandbox)
-        await _catch_early_exit(state, self.id)
+                await self.state.meta.update(record, paths)
+
+    def check_sibling(self) -> None:
+        """Stop a branch before its next costly step when the other one failed already."""
+        if self.failed:
+            raise _SiblingFailed()
 
     def spec_input(
         self, image: RunConfig, netns_path: str, user: tuple[int, int, tuple[int, ...]] | None
@@ -195,28 +264,47 @@ class _Run:
             user=user,
         )
 
-    async def network(self) -> tuple[str, str, list[str], dict[str, Any] | None]:
-        """(netns path, ip, additional ips, CNI result) — all empty for a host-network pod."""
-        state, config = self.state, self.config
-        if network.host_network(config):
-            return "", "", [], None
-        cni = state.cni
-        if cni is None:
-            raise errors.FailedPrecondition("cni config not initialized: pod networking is not available")
-        path = await network.create_netns(f"cni-{self.id[:32]}", netns_dir(state))
-        self.later("netns", lambda: netns.remove(path))
+    def netns_path(self) -> Path:
+        """Where this pod's netns is pinned (known before it exists, so the spec can name it)."""
+        return netns_dir(self.state) / f"cni-{self.id[:32]}"
+
+    async def network(self) -> _Network:
+        """The network branch: the netns, then CNI ADD and the record's update (no netns, no ADD for host network)."""
+        host = network.host_network(self.config)
+        path = None
+        try:
+            if not host:
+                path = await network.create_netns(self.netns_path().name, self.netns_path().parent)
+                pinned = path
+                self.later("netns", lambda: netns.remove(pinned))
+        finally:
+            self.netns_made.set()  # the pause branch goes on (or sees the failure)
+        await self.prepared.wait()
+        self.check_sibling()
+        net = _Network() if path is None else await self.attach(path)
+        # Beside the task's start, while it is not on the longer branch's path.
+        await self.finish_record(net)
+        return net
+
+    async def attach(self, path: Path) -> _Network:
+        """CNI ADD of the pod in the netns at ``path``."""
+        state, config, cni = self.state, self.config, self.state.cni
         # DEL is registered before ADD: a failed ADD may still have allocated an address.
         self.later("CNI DEL", lambda: network.teardown(cni, self.id, str(path), config))
-        attached = await network.setup(cni, self.id, str(path), config)
-        ip, extra = network.pod_ips(attached, str((state.config.get("cni") or {}).get("ip_pref") or ""))
+        settings = state.config.get("cni") or {}
+        serially = bool(settings.get("setup_serially", False))
+        attached = await network.setup(cni, self.id, str(path), config, serially=serially)
+        ip, extra = network.pod_ips(attached, str(settings.get("ip_pref") or ""))
         if not ip:
             raise errors.Unavailable(
                 f"sandbox {self.id}: the CNI result has no IP for {network.DEFAULT_IFNAME}"
             )
-        return str(path), ip, extra, network.result_summary(attached)
+        return _Network(ip, extra, network.result_summary(attached))
 
-    async def create_record(self, meta: SandboxMetadata, spec: ocispec.Spec, labels: dict[str, str]) -> None:
-        """The containerd container record; it holds the snapshot (same key) against GC."""
+    async def create_record(
+        self, meta: SandboxMetadata, spec: ocispec.Spec, labels: dict[str, str]
+    ) -> Record:
+        """The containerd container record (as stored); it holds the snapshot (same key) against GC."""
         record = sandbox_record(
             meta,
             spec=ocispec.to_any(spec),
@@ -226,8 +314,9 @@ class _Run:
             labels=labels,
         )
         with _k8s():
-            await self.state.meta.create(record)
+            stored = await self.state.meta.create(record)
         self.later("container record", lambda: _in_k8s(self.state.meta.delete(self.id)))
+        return stored
 
     async def prepare_snapshot(self, snapshotter_name: str, chain_id: str) -> list[Mount]:
         """The pause container's writable rootfs on the image's chain id."""
@@ -261,6 +350,34 @@ class _Run:
         task = await self.state.tasks.create(self.id, request, namespaces.K8S)
         self.later("task", lambda: kill_and_reap(self.state, self.id))
         return int(await task.start())
+
+
+@dataclass(frozen=True)
+class _Network:
+    """What the network branch found out: nothing for a host-network pod."""
+
+    ip: str = ""
+    extra_ips: list[str] = field(default_factory=list)
+    cni_result: dict[str, Any] | None = None
+
+    def apply(self, meta: SandboxMetadata) -> SandboxMetadata:
+        """``meta`` with these results."""
+        return replace(meta, ip=self.ip, additional_ips=tuple(self.extra_ips), cni_result=self.cni_result)
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """What the pause branch made before its task: the record holds the metadata without the network's results."""
+
+    meta: SandboxMetadata
+    record: Record
+    spec: ocispec.Spec
+    mounts: list[Mount]
+    spec_changed: bool  # regenerated for a user named in the image: the record needs it too
+
+
+class _SiblingFailed(Exception):
+    """A branch stopping because the other one failed (that failure is the one reported)."""
 
 
 # --- steps ------------------------------------------------------------------------------------

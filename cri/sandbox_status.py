@@ -46,23 +46,33 @@ def pod_ips(sandbox: Sandbox) -> tuple[str, list[str]]:
 
 
 def to_cri_status(sandbox: Sandbox) -> cri.PodSandboxStatus:
-    """The CRI status message of a pod."""
-    meta, status = sandbox.metadata, sandbox.status
-    config = meta.config
+    """The CRI status message of a pod (the fields that never change are built once and copied)."""
+    base = sandbox.status_base
+    if base is None:
+        meta = sandbox.metadata
+        config = meta.config
+        base = sandbox.status_base = cri.PodSandboxStatus(
+            id=meta.id,
+            metadata=config.metadata,
+            linux=cri.LinuxPodSandboxStatus(
+                namespaces=cri.Namespace(options=config.linux.security_context.namespace_options)
+            ),
+            labels=config.labels,
+            annotations=config.annotations,
+            runtime_handler=meta.runtime_handler,
+        )
+    out = cri.PodSandboxStatus()
+    out.CopyFrom(base)
+    status = sandbox.status
+    out.state = status.sandbox_state.to_cri()
+    out.created_at = status.created_at
     ip, extra = pod_ips(sandbox)
-    return cri.PodSandboxStatus(
-        id=meta.id,
-        metadata=config.metadata,
-        state=status.sandbox_state.to_cri(),
-        created_at=status.created_at,
-        network=cri.PodSandboxNetworkStatus(ip=ip, additional_ips=[cri.PodIP(ip=i) for i in extra]),
-        linux=cri.LinuxPodSandboxStatus(
-            namespaces=cri.Namespace(options=config.linux.security_context.namespace_options)
-        ),
-        labels=dict(config.labels),
-        annotations=dict(config.annotations),
-        runtime_handler=meta.runtime_handler,
-    )
+    if ip:
+        out.network.ip = ip
+        out.network.additional_ips.extend(cri.PodIP(ip=i) for i in extra)
+    else:
+        out.network.SetInParent()  # present but empty, as before
+    return out
 
 
 def _proto_dict(msg: Any) -> dict[str, Any]:

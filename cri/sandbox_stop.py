@@ -3,8 +3,9 @@
 Like containerd: an unknown id is success (kubelet may call Stop many times,
 also after Remove); a pod's containers are stopped with timeout 0 (killed);
 the pause task is killed and deleted only while the pod is READY or UNKNOWN;
-/dev/shm is unmounted; then CNI DEL and the netns removal, once, recorded in
-the status file (``netns_closed``) so a repeat or a restart does not redo them.
+/dev/shm is unmounted; beside all that CNI DEL runs (it does not need the pause
+gone), then the netns is removed, once, recorded in the status file
+(``netns_closed``) so a repeat or a restart does not redo DEL and removal.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from wharfd.cri.store import (
     CriState,
     Sandbox,
     SandboxState,
+    both,
 )
 from wharfd.runtime import errors
 
@@ -52,12 +54,17 @@ async def stop_sandbox(state: CriState, sandbox: Sandbox) -> None:
                 await stop_container(state, container.id, 0)
             except errors.NotFound:
                 continue  # removed meanwhile
-        if sandbox.status.sandbox_state is not SandboxState.NOTREADY or state.task(sandbox.id) is not None:
-            await _stop_pause(state, sandbox)
-        await asyncio.to_thread(
-            sandbox_files.cleanup, state.sandbox_state_dir(sandbox.id), sandbox.metadata.config
-        )
-        await teardown_network(state, sandbox)
+        # The pause's end and CNI DEL do not depend on each other; the netns goes after both.
+        await both(_stop_pause_and_shm(state, sandbox), _cni_del(state, sandbox))
+        await _remove_netns(state, sandbox)
+
+
+async def _stop_pause_and_shm(state: CriState, sandbox: Sandbox) -> None:
+    if sandbox.status.sandbox_state is not SandboxState.NOTREADY or state.task(sandbox.id) is not None:
+        await _stop_pause(state, sandbox)
+    await asyncio.to_thread(
+        sandbox_files.cleanup, state.sandbox_state_dir(sandbox.id), sandbox.metadata.config
+    )
 
 
 async def kill_and_reap(state: CriState, task_id: str) -> None:
@@ -88,21 +95,30 @@ async def _stop_pause(state: CriState, sandbox: Sandbox) -> None:
         await apply_exit(state, sandbox.id, UNKNOWN_EXIT_CODE, 0)
 
 
-async def teardown_network(state: CriState, sandbox: Sandbox) -> None:
-    """CNI DEL and netns removal, once; FailedPrecondition/Unavailable if DEL fails after a good ADD."""
+def _network_open(sandbox: Sandbox) -> bool:
+    return bool(sandbox.metadata.netns_path) and not sandbox.status.netns_closed
+
+
+async def _cni_del(state: CriState, sandbox: Sandbox) -> None:
+    """CNI DEL, unless the netns was closed before; FailedPrecondition/Unavailable if DEL fails after a good ADD."""
     meta = sandbox.metadata
-    if not meta.netns_path or sandbox.status.netns_closed:
+    if not _network_open(sandbox) or state.cni is None:
         return
-    path = meta.netns_path
-    if state.cni is not None:
-        # CNI asks for an empty netns path when the namespace is gone already.
-        present = await asyncio.to_thread(os.path.exists, path)
-        try:
-            await network.teardown(state.cni, sandbox.id, path if present else "", meta.config)
-        except errors.WharfError as exc:
-            if meta.cni_result is not None:
-                raise type(exc)(f"failed to destroy network for sandbox {sandbox.id}: {exc}") from exc
-            log.warning("sandbox %s: CNI DEL failed after an incomplete ADD: %s", sandbox.id, exc)
+    # CNI asks for an empty netns path when the namespace is gone already.
+    present = await asyncio.to_thread(os.path.exists, meta.netns_path)
+    try:
+        await network.teardown(state.cni, sandbox.id, meta.netns_path if present else "", meta.config)
+    except errors.WharfError as exc:
+        if meta.cni_result is not None:
+            raise type(exc)(f"failed to destroy network for sandbox {sandbox.id}: {exc}") from exc
+        log.warning("sandbox %s: CNI DEL failed after an incomplete ADD: %s", sandbox.id, exc)
+
+
+async def _remove_netns(state: CriState, sandbox: Sandbox) -> None:
+    """Remove the pinned netns and record it closed, once (a repeat or a restart does not redo it)."""
+    if not _network_open(sandbox):
+        return
+    path = sandbox.metadata.netns_path
     try:
         await netns.remove(Path(path))
     except OSError as exc:

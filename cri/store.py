@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
@@ -113,6 +113,9 @@ class _HasId(Protocol):
 
 
 R = TypeVar("R", bound=_HasId)
+T = TypeVar("T")
+T1 = TypeVar("T1")
+T2 = TypeVar("T2")
 
 
 class Store(Generic[R]):
@@ -317,6 +320,36 @@ async def wait_stopped(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
+async def both(
+    first: Awaitable[T1], second: Awaitable[T2], *, failed: Callable[[], None] | None = None
+) -> tuple[T1, T2]:
+    """Run two independent steps side by side, each to its end, and return both results.
+
+    Unlike a bare TaskGroup, a failure does not cancel the other step: a step
+    cut off half-way (a CNI plugin, a shim launch) could leave behind what no
+    undo knows of. ``failed`` is called as soon as either fails (so the other
+    can skip what it has not started); once both have ended the first failure
+    is raised. Cancelling the caller cancels both.
+    """
+    failures: list[Exception] = []
+
+    async def guarded(step: Awaitable[T]) -> T | None:
+        try:
+            return await step
+        except Exception as exc:
+            failures.append(exc)
+            if failed is not None:
+                failed()
+            return None
+
+    async with asyncio.TaskGroup() as group:
+        one = group.create_task(guarded(first))
+        two = group.create_task(guarded(second))
+    if failures:
+        raise failures[0]
+    return one.result(), two.result()  # type: ignore[return-value]
+
+
 async def aiter_chunks(items: list[R], size: int = 100) -> AsyncIterator[list[R]]:
     """``items`` in chunks (for the Stream* RPCs)."""
     for start in range(0, len(items), size):
@@ -347,6 +380,7 @@ __all__ = [
     "SandboxStatus",
     "Store",
     "aiter_chunks",
+    "both",
     "container_name",
     "container_record",
     "in_k8s_namespace",

@@ -32,7 +32,7 @@ import random
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,14 @@ def _free_subnet() -> ipaddress.IPv4Network:
 class CriRig:
     """A registry, a CNI network and a daemon for CRI tests; always cleaned up."""
 
-    def __init__(self, *, registry: bool = True, extra_config: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        registry: bool = True,
+        extra_config: str = "",
+        cni_plugins: Sequence[dict[str, Any]] = (),
+        cni_executables: Mapping[str, str] | None = None,
+    ) -> None:
         # Images first: nothing to clean up yet if building them fails.
         self.pause = pause_image()
         self.busybox = build_image(
@@ -106,6 +113,10 @@ class CriRig:
         self.cgroup_parent = f"/{self.name}"
         self.use_registry = registry
         self.extra_config = extra_config
+        # Plugins appended to the network's chain, and executables (name -> script) beside the
+        # stock plugins in a bin dir of the rig's own.
+        self.cni_plugins = list(cni_plugins)
+        self.cni_executables = dict(cni_executables or {})
         self.registry: RegistryServer | None = None
         self._registry_cm: Any = None
         self.daemon = Daemon(self.base / "d")
@@ -116,6 +127,10 @@ class CriRig:
     @property
     def cni_conf_dir(self) -> Path:
         return self.base / "net.d"
+
+    @property
+    def cni_bin_dir(self) -> Path:
+        return self.base / "cni-bin" if self.cni_executables else Path(CNI_BIN)
 
     @property
     def certs_dir(self) -> Path:
@@ -130,7 +145,10 @@ class CriRig:
         return self.daemon.state / "io.containerd.grpc.v1.cri" / "netns"
 
     def config_toml(self) -> str:
-        """The CRI section pointing at this rig's CNI, registry, pause image and runc root."""
+        """The CRI section pointing at this rig's CNI, registry, pause image and runc root.
+
+        Handlers: ``runc`` (the default) and ``wharf`` run our shim; ``runc-stock`` the stock one.
+        """
         section = '[plugins."io.containerd.grpc.v1.cri"]'
         return (
             f"{section}\n"
@@ -138,13 +156,18 @@ class CriRig:
             "  netns_mounts_under_state_dir = true\n"
             "  restrict_oom_score_adj = true\n"
             f"{section[:-1]}.cni]\n"
-            f'  bin_dir = "{CNI_BIN}"\n'
+            f'  bin_dir = "{self.cni_bin_dir}"\n'
             f'  conf_dir = "{self.cni_conf_dir}"\n'
             f"{section[:-1]}.registry]\n"
             f'  config_path = "{self.certs_dir}"\n'
             f"{section[:-1]}.containerd.runtimes.runc.options]\n"
             f'  Root = "{self.runc_root}"\n'
             f"{section[:-1]}.containerd.runtimes.wharf.options]\n"
+            f'  Root = "{self.runc_root}"\n'
+            # The stock shim (Debian's containerd), as a node's containerd config names it.
+            f"{section[:-1]}.containerd.runtimes.runc-stock]\n"
+            '  runtime_type = "io.containerd.runc.v2"\n'
+            f"{section[:-1]}.containerd.runtimes.runc-stock.options]\n"
             f'  Root = "{self.runc_root}"\n' + self.extra_config
         )
 
@@ -177,8 +200,15 @@ class CriRig:
         asyncio.run(main())
 
     def write_cni_conf(self) -> None:
-        """One conflist: bridge (no masquerade) + host-local on the rig's subnet + portmap."""
+        """One conflist: bridge (no masquerade) + host-local on the rig's subnet + portmap (+ the extras)."""
         self.cni_conf_dir.mkdir(parents=True, exist_ok=True)
+        if self.cni_executables:
+            self.cni_bin_dir.mkdir()
+            for plugin in Path(CNI_BIN).iterdir():
+                (self.cni_bin_dir / plugin.name).symlink_to(plugin)
+            for name, script in self.cni_executables.items():
+                (self.cni_bin_dir / name).write_text(script)
+                (self.cni_bin_dir / name).chmod(0o755)
         hosts = list(self.subnet.hosts())
         conf = {
             "cniVersion": "1.0.0",
@@ -198,6 +228,7 @@ class CriRig:
                     },
                 },
                 {"type": "portmap", "capabilities": {"portMappings": True}},
+                *self.cni_plugins,
             ],
         }
         (self.cni_conf_dir / "10-wharfd-test.conflist").write_text(json.dumps(conf, indent=1))

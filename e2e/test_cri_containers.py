@@ -235,7 +235,7 @@ def test_start_error(rig: CriRig) -> None:
 # --- exec -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("handler", ["runc", "wharf"])
+@pytest.mark.parametrize("handler", ["runc", "runc-stock"])  # our shim (the default), the stock one
 def test_exec_sync(rig: CriRig, handler: str) -> None:
     pod = Pod(rig, f"exec-{handler}", handler=handler)
     cid = pod.run("sleeper", "sleep", "1000")
@@ -391,7 +391,7 @@ def test_shared_pid_namespace(rig: CriRig) -> None:
 COUNT = "i=0; while [ $i -lt {n} ]; do echo line $i; i=$((i+1)); {pause} done"
 
 
-@pytest.mark.parametrize("handler", ["runc", "wharf"])
+@pytest.mark.parametrize("handler", ["runc", "runc-stock"])  # our shim (the default), the stock one
 def test_log_lines_survive_a_daemon_kill(rig: CriRig, handler: str) -> None:
     pod = Pod(rig, f"crash-{handler}", handler=handler)
     slow = pod.run("slow", "sh", "-c", COUNT.format(n=300, pause="sleep 0.01;"))
@@ -514,7 +514,7 @@ def test_list_and_status(rig: CriRig) -> None:
     assert (got.user.linux.uid, got.user.linux.gid) == (0, 0)
     info = __import__("json").loads(reply.info["info"])
     assert info["sandboxID"] == first.id and info["pid"] > 0 and info["snapshotKey"] == running
-    assert info["runtimeType"] == "io.containerd.runc.v2"
+    assert info["runtimeType"] == "io.containerd.wharf.v2"  # the default handler runs our shim
     assert info["runtimeSpec"]["annotations"]["io.kubernetes.cri.sandbox-id"] == first.id
     assert info["config"]["metadata"]["name"] == "run"
     with pytest.raises(grpc.RpcError) as err:

@@ -80,7 +80,7 @@ def test_pod_is_ready_with_an_address_in_the_subnet(rig: CriRig) -> None:
                 "runtimeHandler", "runtimeType", "runtimeOptions", "config", "runtimeSpec", "cniResult"):  # fmt: skip
         assert key in info, key
     assert info["processStatus"] == "running" and info["pid"] > 0
-    assert info["runtimeType"] == "io.containerd.runc.v2"
+    assert info["runtimeType"] == "io.containerd.wharf.v2"  # the default handler runs our shim
     spec = info["runtimeSpec"]
     netns = next(n["path"] for n in spec["linux"]["namespaces"] if n["type"] == "network")
     # The address CNI reported is the one on eth0 inside the pod's netns, and lo is up.
@@ -126,13 +126,21 @@ def test_pod_ip_is_reachable_from_the_host_and_through_a_host_port(rig: CriRig) 
     _remove(rig, pod_id)
 
 
-def test_pod_with_the_wharf_runtime_handler(rig: CriRig) -> None:
-    """The handler picks the runtime: ``wharf`` runs the pause container under our own shim."""
-    request = cri.RunPodSandboxRequest(config=rig.pod_config("ours"), runtime_handler="wharf")
+@pytest.mark.parametrize(
+    ("handler", "runtime_type"),
+    [("wharf", "io.containerd.wharf.v2"), ("runc-stock", "io.containerd.runc.v2")],
+)
+def test_pod_with_another_runtime_handler(rig: CriRig, handler: str, runtime_type: str) -> None:
+    """The handler picks the runtime: ``wharf`` runs our shim, ``runc-stock`` containerd's shim."""
+    request = cri.RunPodSandboxRequest(config=rig.pod_config(f"h-{handler}"), runtime_handler=handler)
     pod_id = rig.runtime.RunPodSandbox(request, timeout=TIMEOUT).pod_sandbox_id
     reply = rig.pod_status(pod_id, verbose=True)
-    assert reply.status.state == cri.SANDBOX_READY and reply.status.runtime_handler == "wharf"
-    assert json.loads(reply.info["info"])["runtimeType"] == "io.containerd.wharf.v2"
+    assert reply.status.state == cri.SANDBOX_READY and reply.status.runtime_handler == handler
+    info = json.loads(reply.info["info"])
+    assert info["runtimeType"] == runtime_type
+    # The pause process's parent is the shim (a subreaper): the stock one is the Go binary.
+    shim = int(Path(f"/proc/{info['pid']}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert os.readlink(f"/proc/{shim}/exe").endswith("containerd-shim-runc-v2") == (handler == "runc-stock")
     assert ipaddress.ip_address(reply.status.network.ip) in rig.subnet
     _stop(rig, pod_id)
     assert rig.pod_status(pod_id).status.state == cri.SANDBOX_NOTREADY

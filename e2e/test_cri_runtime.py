@@ -108,7 +108,7 @@ def test_status_follows_the_cni_conf_dir_and_runtime_config() -> None:
         assert condition(r, "NetworkReady").status is True
 
         response = r.runtime.Status(cri.StatusRequest(verbose=True), timeout=TIMEOUT)
-        assert [h.name for h in response.runtime_handlers] == ["", "runc", "wharf"]
+        assert [h.name for h in response.runtime_handlers] == ["", "runc", "runc-stock", "wharf"]
         assert not any(h.features.user_namespaces for h in response.runtime_handlers)
         assert response.features.supplemental_groups_policy is True
         assert json.loads(response.info["config"])["cni"]["conf_dir"] == str(r.cni_conf_dir)

@@ -9,10 +9,11 @@ keeps three records per pulled image (``name:tag``, ``name@digest`` and
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -112,6 +113,19 @@ class ImageStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        # Bumped after every write (this process owns the database): caches of what the images
+        # say (the CRI's ContainerStatus) stay valid while it is unchanged.
+        self.generation = 0
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], Image]) -> Image:
+        # Bumped once the transaction has ended, even when the caller went away meanwhile:
+        # a reader that saw the new generation then reads the new rows.
+        write = asyncio.ensure_future(self._db.write(fn))
+        write.add_done_callback(self._bump)
+        return await asyncio.shield(write)
+
+    def _bump(self, _: object) -> None:
+        self.generation += 1
 
     async def get(self, name: str) -> Image:
         """The image called ``name``; NotFound otherwise."""
@@ -151,7 +165,7 @@ class ImageStore:
             assert stored is not None
             return stored
 
-        return await self._db.write(write)
+        return await self._write(write)
 
     async def update(self, image: Image, paths: Sequence[str] = ()) -> Image:
         """Update an image's labels and/or target by field paths (none: replace both)."""
@@ -174,7 +188,7 @@ class ImageStore:
             assert stored is not None
             return stored
 
-        return await self._db.write(write)
+        return await self._write(write)
 
     async def delete(self, name: str, *, target_digest: str | None = None) -> Image:
         """Remove an image record (content is left to garbage collection); NotFound if absent.
@@ -195,7 +209,7 @@ class ImageStore:
             conn.execute("DELETE FROM images WHERE namespace=? AND name=?", (ns, name))
             return image
 
-        return await self._db.write(write)
+        return await self._write(write)
 
 
 def _values(image: Image) -> tuple[object, ...]:

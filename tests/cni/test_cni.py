@@ -14,9 +14,12 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute, NetNS
 
+from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cni import config, netns
+from wharfd.cni import exec as cniexec
 from wharfd.cni.exec import PluginError
 from wharfd.cni.manager import CniManager, Settings
+from wharfd.cri import network as crinet
 from wharfd.runtime import errors
 
 BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
@@ -243,3 +246,70 @@ def test_capability_args_reach_only_declaring_plugins(tmp_path: Path) -> None:
     assert "runtimeConfig" not in first and "prevResult" not in first
     assert second["runtimeConfig"] == {"portMappings": ports}
     assert second["prevResult"]["ips"][0]["address"] == "10.0.0.2/24"
+
+
+def test_a_cancelled_plugin_runs_to_its_end_first(tmp_path: Path) -> None:
+    """A caller going away mid-ADD: the plugin finishes (its DEL then sees all it did); a second cancel kills it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    done = tmp_path / "done"
+    slow = bin_dir / "slow"
+    slow.write_text(f'#!/bin/sh\nsleep 0.5\ntouch {done}\necho \'{{"cniVersion": "1.0.0"}}\'\n')
+    slow.chmod(0o755)
+    invocation = cniexec.Invocation("ADD", "c1", "/proc/self/ns/net", "eth0")
+
+    async def main() -> None:
+        call = asyncio.ensure_future(cniexec.invoke("slow", invocation, b"{}", [str(bin_dir)]))
+        await asyncio.sleep(0.1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert done.exists()  # it ran to its end before the cancellation went on
+        done.unlink()
+        call = asyncio.ensure_future(cniexec.invoke("slow", invocation, b"{}", [str(bin_dir)]))
+        await asyncio.sleep(0.1)
+        call.cancel()
+        await asyncio.sleep(0.05)
+        call.cancel()  # insisting: killed at once
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(1)
+        assert not done.exists()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("serially", [False, True])
+def test_pod_loopback_beside_the_networks_unless_serially(tmp_path: Path, serially: bool) -> None:
+    """go-cni attaches a pod's networks (loopback among them) side by side; setup_serially keeps them in order."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started = tmp_path / "net-started"
+    notes = tmp_path / "notes"
+    result = '{"cniVersion": "1.0.0", "interfaces": [], "ips": [{"address": "10.0.0.2/24"}]}'
+    # The loopback stand-in waits (up to 5 s) to see the network's plugin start.
+    (bin_dir / "loopback").write_text(
+        "#!/bin/sh\ncat >/dev/null\nn=0\n"
+        f"while [ ! -e {started} ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done\n"
+        f"if [ -e {started} ]; then echo lo-saw-net >> {notes}; else echo lo-alone >> {notes}; fi\n"
+        f"echo '{result}'\n"
+    )
+    (bin_dir / "net").write_text(
+        f"#!/bin/sh\ncat >/dev/null\ntouch {started}\necho net >> {notes}\necho '{result}'\n"
+    )
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    conf = tmp_path / "net.d"
+    conf.mkdir()
+    (conf / "10.conflist").write_text(
+        json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "net"}]})
+    )
+    pod = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", uid="u", namespace="default"))
+
+    async def main() -> None:
+        manager = CniManager(Settings(conf, (str(bin_dir),), tmp_path / "cache"))
+        attached = await crinet.setup(manager, "c1", "/proc/self/ns/net", pod, serially=serially)
+        assert [a.ifname for a in attached] == ["eth0"]
+
+    asyncio.run(main())
+    assert notes.read_text().split() == (["lo-alone", "net"] if serially else ["net", "lo-saw-net"])

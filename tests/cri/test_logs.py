@@ -283,6 +283,7 @@ def test_output_of_a_process_that_ended_while_nobody_read(tmp_path: Path) -> Non
     async def main() -> None:
         first = ContainerIO(tmp_path / "io", terminal=False, stdin=False, log_path=str(log_path), max_line=0)
         first.open(create=True)
+        first.keep()
         keeper = (tmp_path / "io" / "keeper.pid").read_text().split()[0]
         shim = Shim(first)
         await first.start_copying()
@@ -292,6 +293,7 @@ def test_output_of_a_process_that_ended_while_nobody_read(tmp_path: Path) -> Non
         shim.close()
         second = ContainerIO(tmp_path / "io", terminal=False, stdin=False, log_path=str(log_path), max_line=0)
         second.open(create=False)
+        second.keep()  # the one kept already: no second keeper
         await second.start_copying()
         assert await second.drained(5)  # end of file is seen although the writers left before the open
         second.close()
