@@ -38,6 +38,7 @@ CONSOLE_TIMEOUT = 10.0
 IO_DRAIN_TIMEOUT = 2.0
 UNMOUNT_ATTEMPTS = 50
 UNMOUNT_RETRY_SECONDS = 0.05
+MAX_STACKED_MOUNTS = 64
 
 
 class Container:
@@ -60,11 +61,15 @@ class Container:
         self.kill_all_on_exit = kill_all_on_exit
         self.rootfs = os.path.join(bundle, "rootfs")
         self.rootfs_mounted = False
+        self._stacked = False  # every rootfs mount is on rootfs itself (none below it)
         self.init = Process(id_, Stdio(), INIT_CREATED)
         self.execs: dict[str, Process] = {}
         self._exec_specs: dict[str, dict[str, Any]] = {}
         self.cgroup = cgroups.Cgroup({})
         self.init_exit: Exit | None = None
+        # The init's exit as the reaper will report it (set by the service once the pid is known).
+        self.init_exited: asyncio.Future[Exit] | None = None
+        self.poststart_hooks = False
         self._running_execs = 0
         self._execs_idle = asyncio.Event()
         self._execs_idle.set()
@@ -92,11 +97,13 @@ class Container:
         )
         stdio = Stdio(req.stdin, req.stdout, req.stderr, req.terminal)
         container.init = Process(req.id, stdio, INIT_CREATED)
+        container.poststart_hooks = bool((spec.get("hooks") or {}).get("poststart"))
         try:
             if req.rootfs:
                 os.makedirs(container.rootfs, exist_ok=True)
                 mount.mount_all([_mount(m) for m in req.rootfs], container.rootfs)
                 container.rootfs_mounted = True
+                container._stacked = all(not m.target for m in req.rootfs)
             options.write(bundle, opts)
             await container._create_init(reaper)
         except BaseException:
@@ -109,6 +116,9 @@ class Container:
         args += ["--no-pivot"] if self.opts.no_pivot_root else []
         args += ["--no-new-keyring"] if self.opts.no_new_keyring else []
         self.init.pid = await self._run_process(self.init, args, "init.pid", reaper)
+
+    def find_cgroup(self) -> None:
+        """Read the cgroups of the (created) init process."""
         self.cgroup = cgroups.of_pid(self.init.pid)
 
     async def _run_process(self, proc: Process, args: list[str], pid_file: str, reaper: Reaper) -> int:
@@ -141,10 +151,14 @@ class Container:
     # -- init lifecycle ------------------------------------------------------------------
 
     async def start(self) -> int:
-        """``runc start``: the init process runs the user's program."""
+        """Let the init process run the user's program (``runc start``, or what it does: runc.py)."""
         async with self.init.lock:
             self.init.check("start")
-            await self.runc.run(["start", self.id])
+            started = False
+            if self.init_exited is not None and not self.poststart_hooks:
+                started = await self.runc.start_created(self.id, self.init_exited)
+            if not started:
+                await self.runc.run(["start", self.id])
             self.init.move("start")
         return self.init.pid
 
@@ -237,6 +251,9 @@ class Container:
 
     async def _unmount(self) -> None:
         if not self.rootfs_mounted:
+            return
+        if self._stacked and _unmount_stack(self.rootfs):
+            self.rootfs_mounted = False
             return
         # EBUSY (a process still leaving the rootfs) is retried here, with the loop free
         # meanwhile: mount.unmount_all's own retries would sleep in the loop's thread.
@@ -345,6 +362,21 @@ async def _close_io(proc: Process) -> None:
         async with asyncio.timeout(IO_DRAIN_TIMEOUT):
             await proc.io.drained()
     proc.io.close()
+
+
+def _unmount_stack(path: str) -> bool:
+    """Unmount what is stacked on ``path`` until nothing is (EINVAL), as containerd's shim does:
+    no mount table read. False, with the rest left mounted, on EBUSY (in use, or mounts below)."""
+    for _ in range(MAX_STACKED_MOUNTS):
+        try:
+            mount.LIBC.umount2(path, 0)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                return True
+            if exc.errno == errno.EBUSY:
+                return False
+            raise
+    return False
 
 
 def _mount(m: mount_pb2.Mount) -> Mount:

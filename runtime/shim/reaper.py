@@ -51,6 +51,16 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def resolve(name: str, env: Mapping[str, str]) -> str:
+    """The program ``name`` runs: itself if it has a slash, else looked up on ``env``'s PATH."""
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(f"{name}: executable file not found in $PATH")
+    return found
+
+
 class Reaper:
     """Collects every child exit and hands it to whoever waits for that pid."""
 
@@ -105,16 +115,17 @@ class Reaper:
         extra_fds: Sequence[int] = (),
         env: Mapping[str, str] | None = None,
         new_session: bool = False,
+        program: str | None = None,
     ) -> tuple[int, asyncio.Future[Exit]]:
-        """Start ``argv`` (looked up on the environment's PATH) and return (pid, its exit future).
+        """Start ``argv`` and return (pid, its exit future).
 
-        ``stdio`` are the fds for 0, 1 and 2; ``extra_fds`` become 3, 4, ….
-        No other descriptor is inherited (the shim opens everything close-on-exec).
+        The file run is ``program`` if given, else ``argv[0]`` looked up on the
+        environment's PATH. ``stdio`` are the fds for 0, 1 and 2; ``extra_fds``
+        become 3, 4, …. No other descriptor is inherited (the shim opens
+        everything close-on-exec).
         """
         env = self.env if env is None else env
-        program = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH", os.defpath))
-        if program is None:
-            raise FileNotFoundError(f"{argv[0]}: executable file not found in $PATH")
+        program = program or resolve(argv[0], env)
         sources = [*stdio, *extra_fds]
         # Copy sources above every target first, so no dup2 clobbers a source still needed.
         temps = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _HIGH_FD) for fd in sources]

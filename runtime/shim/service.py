@@ -126,7 +126,19 @@ class TaskService:
                 exited = self._exit_future(container.init.pid, early)
         finally:
             self._creating.discard(req.id)
+        container.init_exited = exited
         self.containers[req.id] = container
+        # Run just after the reply is written, and before any later call or exit is handled
+        # (call_soon callbacks run first in the next loop iteration): off Create's latency.
+        asyncio.get_running_loop().call_soon(self._created, container, req)
+        self._monitor(self._init_exited(container, exited))
+        return api.CreateTaskResponse(pid=container.init.pid)
+
+    def _created(self, container: Container, req: api.CreateTaskRequest) -> None:
+        """A new container's cgroup, its TaskCreate event and its OOM watch."""
+        if self.containers.get(container.id) is not container:
+            return
+        container.find_cgroup()
         self._publish(
             container,
             ev.TaskCreate(
@@ -144,8 +156,6 @@ class TaskService:
             self.oom.add(container.id, container.cgroup)
         except OSError as exc:
             log.warning("container %s: cannot watch for OOM kills: %s", container.id, exc)
-        self._monitor(self._init_exited(container, exited))
-        return api.CreateTaskResponse(pid=container.init.pid)
 
     async def start(self, req: api.StartRequest, md: Metadata) -> api.StartResponse:
         """Start the init process (runc start) or a recorded exec process."""
@@ -331,13 +341,15 @@ class TaskService:
             await container.kill_all()
         await container.execs_idle()
         container.init.set_exited(exit_.status, exit_.at_ns)
-        self._publish_exit(container, container.init, exit_)
+        # Published right after the waiters answer (queued behind their wake-ups), so the
+        # event's OOM check and encoding do not delay Wait; before any later call still.
+        asyncio.get_running_loop().call_soon(self._publish_exit, container, container.init, exit_)
 
     async def _exec_exited(self, container: Container, proc: Process, exited: asyncio.Future[Exit]) -> None:
         exit_ = await exited
         proc.set_exited(exit_.status, exit_.at_ns)
-        self._publish_exit(container, proc, exit_)
-        container.exec_finished()
+        asyncio.get_running_loop().call_soon(self._publish_exit, container, proc, exit_)
+        container.exec_finished()  # after: the init's exit is published behind this one
 
     def _publish_exit(self, container: Container, proc: Process, exit_: Exit) -> None:
         # An OOM kill in the cgroup (this process, SIGKILLed, or a child of it) is published

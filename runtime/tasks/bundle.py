@@ -79,8 +79,9 @@ class Bundle:
         namespaces.validate_identifier(task_id, what="task id")
         return cls(namespace, task_id, state / namespace / task_id, root / namespace / task_id)
 
-    def create(self, spec_json: bytes) -> None:
-        """Make the bundle: config.json, rootfs/, the work dir and its link. AlreadyExists if present."""
+    def create(self, spec_json: bytes, files: dict[str, str] | None = None) -> None:
+        """Make the bundle: config.json, rootfs/, the work dir and its link, the log FIFO, and the
+        daemon's ``files`` (name → text). AlreadyExists if present."""
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
         try:
             self.path.mkdir(mode=0o711)
@@ -94,6 +95,8 @@ class Bundle:
             tmp.write_bytes(spec_json)
             tmp.rename(self.path / "config.json")
             os.mkfifo(self.path / LOG_FIFO, 0o600)
+            for name, text in (files or {}).items():
+                self.write_file(name, text)
         except BaseException:
             self.remove()
             raise
@@ -129,15 +132,6 @@ class Bundle:
             return ShimAddress(address=legacy.strip(), version=2)
         return None
 
-    def spec_annotations(self) -> dict[str, str]:
-        """The annotations of config.json ({} when unreadable)."""
-        try:
-            spec = json.loads((self.path / "config.json").read_bytes())
-        except (OSError, ValueError):
-            return {}
-        annotations = spec.get("annotations") if isinstance(spec, dict) else None
-        return {str(k): str(v) for k, v in (annotations or {}).items()}
-
     @property
     def rootfs(self) -> Path:
         """Where the shim mounts the task's root filesystem."""
@@ -150,7 +144,13 @@ class Bundle:
         removing the tree then would delete the container's files from the
         snapshot underneath.
         """
-        if self.rootfs.exists():
+        try:
+            # An empty directory nothing is mounted on (the shim unmounted it) goes at once,
+            # with no mount table read; anything else is unmounted first.
+            os.rmdir(self.rootfs)
+        except FileNotFoundError:
+            pass
+        except OSError:
             try:
                 mount.unmount_all(self.rootfs)
             except OSError as exc:
@@ -162,6 +162,18 @@ class Bundle:
         for parent in (self.path.parent, self.work.parent):
             with contextlib.suppress(OSError):
                 parent.rmdir()  # only when it was the namespace's last task
+
+
+def annotations_of(spec_json: bytes) -> dict[str, str]:
+    """The annotations of an OCI spec document ({} when it is not one)."""
+    try:
+        spec = json.loads(spec_json)
+    except ValueError:
+        return {}
+    annotations = spec.get("annotations") if isinstance(spec, dict) else None
+    if not isinstance(annotations, dict):
+        return {}
+    return {str(k): str(v) for k, v in annotations.items()}
 
 
 def walk(state: Path, root: Path) -> Iterator[Bundle]:

@@ -1,8 +1,10 @@
 """The task manager (containerd's runtime v2 shim manager): start, find, watch and delete tasks.
 
-Create: bundle (config.json, rootfs/, work) → shim ``start`` (or the sandbox's
-shim, see below) → ``bootstrap.json`` → connect → Task.Create. Any failure
-undoes what was done, in reverse: shim shutdown, shim ``delete``, bundle.
+Create: bundle (config.json, rootfs/, work, the log FIFO opened; one worker
+thread hop) → shim ``start`` (or the sandbox's shim, see below) → connect →
+Task.Create, with ``bootstrap.json`` written meanwhile (Create answers once it
+is on disk). Any failure undoes what was done, in reverse: shim shutdown, shim
+``delete``, bundle.
 
 Pod grouping: a container whose spec annotations name a sandbox
 (``io.kubernetes.cri.sandbox-id``) or a group (``io.containerd.runc.v2.group``)
@@ -43,7 +45,14 @@ from wharfd.api.types.task import task_pb2
 from wharfd.runtime import errors, namespaces, plugin
 from wharfd.runtime.events import Exchange
 from wharfd.runtime.tasks import shim
-from wharfd.runtime.tasks.bundle import SANDBOX_FILE, SHIM_BINARY_FILE, Bundle, ShimAddress, walk
+from wharfd.runtime.tasks.bundle import (
+    SANDBOX_FILE,
+    SHIM_BINARY_FILE,
+    Bundle,
+    ShimAddress,
+    annotations_of,
+    walk,
+)
 from wharfd.runtime.tasks.task import IO, Exit, Task
 
 log = logging.getLogger("wharfd.tasks")
@@ -139,20 +148,28 @@ class TaskManager:
         return task
 
     async def _create(self, bundle: Bundle, binary: str, request: CreateRequest) -> Task:
-        await asyncio.to_thread(bundle.create, request.spec_json)
+        # One worker-thread hop makes the whole bundle and opens its log FIFO.
+        log_fd, annotations = await asyncio.to_thread(_make_bundle, bundle, binary, request.spec_json)
         copier: shim.LogCopier | None = None
         task: Task | None = None
         address: ShimAddress | None = None
+        recorded: asyncio.Future[None] | None = None
         try:
-            copier = shim.LogCopier(bundle)  # before start: the stock shim blocks until the log has a reader
-            await asyncio.to_thread(bundle.write_file, SHIM_BINARY_FILE, binary)
-            address = await self._shim_for(bundle, binary, request.options)
-            await asyncio.to_thread(bundle.write_bootstrap, address)
+            copier = shim.LogCopier(bundle, log_fd)
+            address = await self._shim_for(bundle, binary, request.options, annotations)
+            # bootstrap.json is written while the shim creates the task; Create answers
+            # only once it is on disk, so a recovered daemon finds every task it reported.
+            recorded = asyncio.ensure_future(asyncio.to_thread(bundle.write_bootstrap, address))
             task = await Task.connect(bundle, binary, address, self.timeouts.load)
             task.log, copier = copier, None
             await task.create(list(request.rootfs), request.io, request.options, request.checkpoint)
+            await recorded
             return task
         except BaseException:
+            if recorded is not None:  # a worker thread cannot be stopped: let it finish first
+                await asyncio.shield(asyncio.wait([recorded]))
+                if not recorded.cancelled():
+                    recorded.exception()  # retrieved: the failure being raised is what counts
             await asyncio.shield(self._undo_create(bundle, binary, task, address, copier))
             raise
 
@@ -176,15 +193,16 @@ class TaskManager:
         except errors.WharfError as exc:
             log.error("task %s/%s: %s", bundle.namespace, bundle.id, exc)
 
-    async def _shim_for(self, bundle: Bundle, binary: str, options: any_pb2.Any | None) -> ShimAddress:
+    async def _shim_for(
+        self, bundle: Bundle, binary: str, options: any_pb2.Any | None, annotations: dict[str, str]
+    ) -> ShimAddress:
         """The sandbox's v3 shim when there is one to join, else whatever ``start`` answers."""
-        annotations = await asyncio.to_thread(bundle.spec_annotations)
         group = next((annotations[k] for k in GROUP_ANNOTATIONS if annotations.get(k)), "")
         sandbox = self._tasks.get((bundle.namespace, group)) if group and group != bundle.id else None
         if sandbox is not None and sandbox.dead is None and sandbox.address.version >= 3:
             await asyncio.to_thread(bundle.write_file, SANDBOX_FILE, group)
             return sandbox.address
-        return await self.launcher.start(binary, bundle, options)
+        return await self.launcher.start(binary, bundle, options, annotations)
 
     # -- delete ---------------------------------------------------------------------------------
 
@@ -329,6 +347,20 @@ class TaskManager:
         for job in list(self._background):
             job.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+
+def _make_bundle(bundle: Bundle, binary: str, spec_json: bytes) -> tuple[int, dict[str, str]]:
+    """Create the bundle (recording the shim binary) and open its log FIFO (blocking).
+
+    Returns the log's fd, opened before the shim starts (the stock shim blocks
+    until its log has a reader), and the spec's annotations.
+    """
+    bundle.create(spec_json, {SHIM_BINARY_FILE: binary})
+    try:
+        return shim.open_log(bundle), annotations_of(spec_json)
+    except BaseException:
+        bundle.remove()
+        raise
 
 
 def _daemon_binary() -> str:

@@ -121,11 +121,20 @@ class Launcher:
             "MAX_SHIM_VERSION": "2",
         }
 
-    async def start(self, binary: str, bundle: Bundle, options: any_pb2.Any | None) -> ShimAddress:
-        """Run ``start`` and return the shim's address; Unavailable with the shim's stderr on failure."""
+    async def start(
+        self,
+        binary: str,
+        bundle: Bundle,
+        options: any_pb2.Any | None,
+        annotations: dict[str, str] | None = None,
+    ) -> ShimAddress:
+        """Run ``start`` and return the shim's address; Unavailable with the shim's stderr on failure.
+
+        ``annotations``: the spec's, when the caller has them (else read from config.json).
+        """
         if os.path.basename(binary) == OUR_SHIM:
             # Our own shim: its start protocol in-process, sparing an interpreter's exec.
-            address = await asyncio.to_thread(self._start_ours, binary, bundle, options)
+            address = await asyncio.to_thread(self._start_ours, binary, bundle, options, annotations)
             if address is not None:
                 return address
         protocol = self.protocols.get(binary) or await self._probe(binary)
@@ -139,7 +148,9 @@ class Launcher:
                 self.protocols[binary] = LEGACY
         return await self._start(binary, bundle, options.SerializeToString() if options else b"")
 
-    def _start_ours(self, binary: str, bundle: Bundle, options: any_pb2.Any | None) -> ShimAddress | None:
+    def _start_ours(
+        self, binary: str, bundle: Bundle, options: any_pb2.Any | None, annotations: dict[str, str] | None
+    ) -> ShimAddress | None:
         """What ``<binary> start`` would answer, done here (blocking: run in a thread).
 
         None when it must be exec'd after all: the binary runs another interpreter
@@ -154,9 +165,13 @@ class Launcher:
         socket_dir = self.socket_dir or launch.DEFAULT_SOCKET_DIR
         raw = options.value if options is not None and launch._is_options(options.type_url) else b""
         try:
-            path = launch.socket_path(
-                socket_dir, self.grpc_address, bundle.namespace, launch.group_id(str(bundle.path), bundle.id)
-            )
+            if annotations is None:
+                group = launch.group_id(str(bundle.path), bundle.id)
+            else:  # the precedence `start` itself uses
+                group = next(
+                    (annotations[k] for k in launch.GROUP_ANNOTATIONS if annotations.get(k)), bundle.id
+                )
+            path = launch.socket_path(socket_dir, self.grpc_address, bundle.namespace, group)
             request = launch.launch_request(
                 flags,
                 bundle=str(bundle.path),
@@ -305,14 +320,22 @@ async def _run(
     return proc.returncode, out, err
 
 
+def open_log(bundle: Bundle) -> int:
+    """The daemon's end of the bundle's log FIFO.
+
+    O_RDWR: the open does not wait for the shim, and the FIFO never reports EOF
+    when a shim restarts its writer.
+    """
+    return os.open(bundle.path / LOG_FIFO, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+
 class LogCopier:
     """Copies a shim's log FIFO into the daemon log, line by line, for as long as the task lives."""
 
-    def __init__(self, bundle: Bundle) -> None:
+    def __init__(self, bundle: Bundle, fd: int = -1) -> None:
+        """Copy from ``fd`` (from :func:`open_log`; opened here if not given), which it then owns."""
         self._name = f"{bundle.namespace}/{bundle.id}"
-        # O_RDWR: the open does not wait for the shim, and the FIFO never reports EOF
-        # when a shim restarts its writer.
-        self._fd = os.open(bundle.path / LOG_FIFO, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fd = fd if fd >= 0 else open_log(bundle)
         self._partial = b""
         self._loop = asyncio.get_running_loop()
         self._loop.add_reader(self._fd, self._read)

@@ -12,6 +12,7 @@ import functools
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -117,6 +118,61 @@ def test_echo_output_events_and_shutdown(busybox: Path) -> None:
         shim_pid = next(iter(rig.shim_pids))
         await rig.call(client, "Shutdown", api.ShutdownRequest(id=cid), empty_pb2.Empty)
         await until(lambda: not pid_alive(shim_pid))
+
+    run(busybox, body)
+
+
+def test_start_through_the_exec_fifo_and_runc_from_the_sealed_copy(busybox: Path) -> None:
+    async def body(rig: Rig) -> None:
+        # A runc that logs its command lines: which calls ran it, and was `runc start` one?
+        calls = rig.root / "runc-calls"
+        wrapper = rig.root / "runc-wrapper"
+        wrapper.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec {RUNC} "$@"\n')
+        wrapper.chmod(0o755)
+        state_root = rig.runc_root / NAMESPACE
+        for name, binary, poststart in (
+            ("sealed", "", False),
+            ("fifo", str(wrapper), False),
+            ("hook", str(wrapper), True),
+        ):
+            cid = unique(name)
+            bundle = rig.bundle(cid, ["sleep", "1000"])
+            if poststart:  # newer runc runs these in `start`: it must be runc that starts
+                spec = json.loads((bundle / "config.json").read_text())
+                spec["hooks"] = {"poststart": [{"path": "/bin/true", "args": ["true"]}]}
+                (bundle / "config.json").write_text(json.dumps(spec))
+            client = await rig.connect(await rig.start(cid, bundle))
+            opts = oci_pb2.Options(root=str(rig.runc_root), binary_name=binary)
+            request = api.CreateTaskRequest(
+                id=cid,
+                bundle=str(bundle),
+                rootfs=[rig.bind()],
+                options=any_pb2.Any(type_url="containerd.runc.v1.Options", value=opts.SerializeToString()),
+            )
+            created = await rig.call(client, "Create", request, api.CreateTaskResponse)
+            if not binary:
+                # runc init waits on its FIFO: it runs from the zygote's sealed copy (no copy of its own).
+                assert os.readlink(f"/proc/{created.pid}/exe").startswith("/memfd:runc")
+            assert (state_root / cid / "exec.fifo").exists()
+            await rig.call(client, "Start", api.StartRequest(id=cid), api.StartResponse)
+            assert not (state_root / cid / "exec.fifo").exists()
+            state = await asyncio.to_thread(
+                subprocess.run,
+                [str(RUNC), "--root", str(state_root), "state", cid],
+                capture_output=True,
+                check=True,
+            )
+            assert json.loads(state.stdout)["status"] == "running"
+            assert os.readlink(f"/proc/{created.pid}/exe").endswith("/busybox")  # the user's program
+            if binary:
+                started_by_runc = any(
+                    line.split()[-2:-1] == ["start"] for line in calls.read_text().splitlines()
+                )
+                assert started_by_runc == poststart
+            await rig.call(client, "Kill", api.KillRequest(id=cid, signal=signal.SIGKILL), empty_pb2.Empty)
+            waited = await rig.call(client, "Wait", api.WaitRequest(id=cid), api.WaitResponse)
+            assert waited.exit_status == 137
+            await rig.call(client, "Delete", api.DeleteRequest(id=cid), api.DeleteResponse)
 
     run(busybox, body)
 

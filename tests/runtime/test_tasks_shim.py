@@ -13,7 +13,7 @@ import pytest
 from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
 from wharfd.runtime import errors
 from wharfd.runtime.tasks import shim
-from wharfd.runtime.tasks.bundle import Bundle, ShimAddress, walk
+from wharfd.runtime.tasks.bundle import Bundle, ShimAddress, annotations_of, walk
 from wharfd.runtime.tasks.manager import _runtime_paths, _socket_dir
 
 
@@ -130,7 +130,9 @@ def test_bundle_layout_and_removal(tmp_path: Path) -> None:
     assert (bundle.path / "rootfs").is_dir()
     assert os.readlink(bundle.path / "work") == str(tmp_path / "root" / "ns1" / "c1")
     assert stat.S_ISFIFO((bundle.path / "log").stat().st_mode)
-    assert bundle.spec_annotations() == {"io.kubernetes.cri.sandbox-id": "sb"}
+    assert annotations_of((bundle.path / "config.json").read_bytes()) == {
+        "io.kubernetes.cri.sandbox-id": "sb"
+    }
     with pytest.raises(errors.AlreadyExists):
         bundle.create(b"{}")
     assert bundle.read_bootstrap() is None
@@ -169,3 +171,24 @@ def test_config_helpers() -> None:
         }
     }
     assert _runtime_paths(cri) == {"io.containerd.runc.v2": "/opt/s", "fast": "/opt/s"}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts tmpfs: needs root")
+def test_bundle_removal_unmounts_what_is_still_mounted(tmp_path: Path) -> None:
+    from wharfd.runtime import mount
+    from wharfd.runtime.snapshots.snapshotter import Mount
+
+    bundle = Bundle.at(tmp_path / "state", tmp_path / "root", "ns1", "c1")
+    bundle.create(b"{}")
+    tmpfs = Mount("tmpfs", "tmpfs", "", ())
+    try:
+        mount.mount(tmpfs, bundle.rootfs)  # an empty mount: rmdir alone must not do
+        mount.mount(tmpfs, bundle.rootfs)
+        (bundle.rootfs / "sub").mkdir()
+        mount.mount(tmpfs, bundle.rootfs / "sub")
+        bundle.remove()
+        assert not bundle.path.exists()
+        assert not mount.is_mount_point(bundle.rootfs) and not mount.is_mount_point(bundle.rootfs / "sub")
+    finally:
+        if bundle.rootfs.exists():
+            mount.unmount_all(bundle.rootfs, mount.MNT_DETACH)
