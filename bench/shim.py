@@ -8,7 +8,10 @@ launches ``--pods`` pods as a daemon would (``start`` in the bundle; the stock
 one busybox ``sleep`` container in each over ttrpc, then reads every shim's
 ``/proc/<pid>/smaps_rollup``. PSS charges shared pages to each sharer, so the
 shims' sum of PSS is what they cost together; our zygote (the process the
-shims are forked from) is reported on its own and as a share per pod.
+shims are forked from) is reported on its own and as a share per pod. Each
+shim's threads and its private memory by kind of mapping (``/proc/<pid>/smaps``:
+``[heap]`` is malloc's, anonymous mappings hold pymalloc's arenas and thread
+stacks, files their written data) say where the rest goes.
 Everything started is deleted at the end.
 """
 
@@ -43,6 +46,33 @@ OURS = Path(sys.executable).parent / "containerd-shim-wharf-v2"
 STOCK = shutil.which("containerd-shim-runc-v2") or "/usr/bin/containerd-shim-runc-v2"
 NAMESPACE = "wharfd-bench"
 MD = {"containerd-namespace-ttrpc": NAMESPACE}
+
+
+def breakdown(pid: int) -> dict[str, int]:
+    """Private (clean + dirty) KiB of ``pid`` by kind of mapping, from /proc/<pid>/smaps."""
+    totals: dict[str, int] = {}
+    kind = ""
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            name = head[5] if len(head) > 5 else ""
+            if name.startswith("["):
+                kind = name
+            elif name:
+                kind = "file " + os.path.basename(name)
+            else:
+                kind = "anonymous"
+        elif head[0] in ("Private_Dirty:", "Private_Clean:"):
+            totals[kind] = totals.get(kind, 0) + int(head[1])
+    return totals
+
+
+def threads(pid: int) -> int:
+    """The number of threads of ``pid``."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
 
 
 def memory(pid: int) -> tuple[int, int]:
@@ -151,6 +181,14 @@ class Bench:
                 "RSS MiB/shim": statistics.mean(r for r, _ in usage) / 1024,
                 "PSS MiB/shim": statistics.mean(p for _, p in usage) / 1024,
             }
+            result["threads/shim"] = statistics.mean(threads(pid) for _, _, pid, _ in pods)
+            parts: dict[str, float] = {}
+            for _, _, pid, _ in pods:
+                for name, kib in breakdown(pid).items():
+                    parts[name] = parts.get(name, 0) + kib / 1024 / len(pods)
+            for name, mib in sorted(parts.items(), key=lambda item: -item[1]):
+                if mib >= 0.02:
+                    result[f"private MiB/shim: {name}"] = mib
             zygote = zygote_pid(self.root / "s") if kind == "wharf" else 0
             if zygote:
                 rss, pss = memory(zygote)
@@ -235,7 +273,7 @@ async def main() -> None:
     for name, figures in results.items():
         print(f"\n{name}")
         for key, value in figures.items():
-            print(f"  {key:<32} {value:8.2f}")
+            print(f"  {key:<44} {value:8.2f}")
 
 
 async def _forward(payload: bytes, metadata: dict[str, list[str]]) -> bytes:

@@ -263,6 +263,10 @@ async def _exercise_create(reaper: Reaper) -> None:
     with tempfile.TemporaryDirectory(prefix="wharf-shim-warm-up-") as bundle:
         spec = {"process": {"args": ["x"]}, "linux": {"namespaces": [{"type": "pid"}]}}
         _write(os.path.join(bundle, "config.json"), json.dumps(spec))
+        # Pid files and oom_score_adj are ASCII text: looked up here, the codec is not
+        # imported (encodings.ascii, through the whole import machinery) by every shim.
+        _write(os.path.join(bundle, "init.pid"), "1", encoding="ascii")
+        _read(os.path.join(bundle, "init.pid"), encoding="ascii")
         container._load_spec(bundle, "x")
         options.write(bundle, oci_pb2.Options(root="/"))
         options.read(bundle)
@@ -275,9 +279,14 @@ async def _exercise_create(reaper: Reaper) -> None:
         cgroups.of_pid(os.getpid())
 
 
-def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+def _write(path: str, text: str, encoding: str = "utf-8") -> None:
+    with open(path, "w", encoding=encoding) as f:
         f.write(text)
+
+
+def _read(path: str, encoding: str) -> str:
+    with open(path, encoding=encoding) as f:
+        return f.read()
 
 
 async def _ignore(payload: bytes, metadata: dict[str, list[str]]) -> bytes:
