@@ -8,7 +8,9 @@ launches ``--pods`` pods as a daemon would (``start`` in the bundle; the stock
 one busybox ``sleep`` container in each over ttrpc, then reads every shim's
 ``/proc/<pid>/smaps_rollup``. PSS charges shared pages to each sharer, so the
 shims' sum of PSS is what they cost together; our zygote (the process the
-shims are forked from) is reported on its own and as a share per pod. Each
+shims are forked from) is reported on its own and as a share per pod, and so is
+its pre-forked spare (one idle shim per node, not per pod; ``WHARF_SHIM_ZYGOTE_SPARE=0``
+in the environment runs without). Each
 shim's threads and its private memory by kind of mapping (``/proc/<pid>/smaps``:
 ``[heap]`` is malloc's, anonymous mappings hold pymalloc's arenas and thread
 stacks, files their written data) say where the rest goes.
@@ -194,6 +196,12 @@ class Bench:
                 rss, pss = memory(zygote)
                 result["zygote RSS MiB"], result["zygote PSS MiB"] = rss / 1024, pss / 1024
                 result["PSS MiB/pod incl. zygote share"] = result["PSS MiB/shim"] + pss / 1024 / self.pods
+                for spare in spares_of(zygote):  # per node, not per pod: kept out of the figures above
+                    rss, pss = memory(spare)
+                    result["spare RSS MiB (per node)"], result["spare PSS MiB (per node)"] = (
+                        rss / 1024,
+                        pss / 1024,
+                    )
             return result
         finally:
             await self.teardown(kind, pods)
@@ -226,6 +234,16 @@ def zygote_pid(socket_dir: Path) -> int:
             sock.connect(str(path))
             return int(struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
     return 0
+
+
+def spares_of(zygote: int) -> list[int]:
+    """The zygote's pre-forked spare (a child named wharf-spare), if it has one."""
+    found = []
+    for child in Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/comm").read_text().strip() == "wharf-spare":
+                found.append(int(child))
+    return found
 
 
 def cleanup(root: Path) -> None:

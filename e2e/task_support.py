@@ -316,14 +316,24 @@ def zygote_pids(socket_dir: Path) -> set[int]:
 
 
 def shim_pids(address: str, socket_dir: Path) -> set[int]:
-    """Shims serving the daemon at ``address``: stock ones by flag, ours as children of our zygote."""
+    """Shims serving the daemon at ``address``: stock ones by flag, ours as children of our zygote.
+
+    Not the zygote's pre-forked spare (named ``wharf-spare``): it serves nothing yet.
+    """
     zygotes = zygote_pids(socket_dir)
     found: set[int] = set()
     for pid, ppid, argv in _processes():
         stock = "-address" in argv and address in argv and "containerd-shim" in (argv[0] if argv else "")
-        if stock or ppid in zygotes:
+        if stock or (ppid in zygotes and not _is_spare(pid)):
             found.add(pid)
     return found
+
+
+def _is_spare(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == "wharf-spare"
+    except OSError:
+        return False
 
 
 def kill_shims(address: str, socket_dir: Path) -> None:

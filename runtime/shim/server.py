@@ -36,7 +36,7 @@ CLOSE_GRACE_SECONDS = 2.0  # calls in flight at Shutdown may still answer for th
 WARM_ROUNDS = 64
 RUNTIME = "io.containerd.wharf.v2"
 _LIBC = ctypes.CDLL(None, use_errno=True)
-_prctl = _LIBC.prctl  # looked up once, in the zygote
+prctl = _LIBC.prctl  # looked up once, in the zygote
 
 
 @dataclass
@@ -62,16 +62,21 @@ class Launch:
         return opts
 
 
-def run(launch: Launch, listener: socket.socket, ready: int = -1) -> NoReturn:
+def run(
+    launch: Launch, listener: socket.socket, ready: int = -1, *, prepared: asyncio.Runner | None = None
+) -> NoReturn:
     """Become the shim for ``launch`` (in a forked child), serve until shut down, and exit.
 
-    ``ready`` (a pipe) gets ``ok`` once the Task API is served, or the reason it
-    will not be, and is closed: the launcher answers the daemon only then.
+    ``ready`` (a pipe or socket) gets ``ok`` once the Task API is served, or the
+    reason it will not be, and is closed: the launcher answers the daemon only
+    then. ``prepared``: what :func:`prepare` returned, done already (a pre-forked spare).
     """
     code = 1
     try:
+        runner = prepared or prepare()
         _become_daemon(launch)
-        code = asyncio.run(serve(launch, listener, ready))
+        with runner:
+            code = runner.run(serve(launch, listener, ready))
     except BaseException as exc:
         log.exception("shim %s failed", launch.id)
         _report(ready, f"shim {launch.id}: {type(exc).__name__}: {exc}")
@@ -86,18 +91,29 @@ def _report(ready: int, message: str) -> None:
         os.close(ready)
 
 
-def _become_daemon(launch: Launch) -> None:
+def prepare() -> asyncio.Runner:
+    """The part of becoming a shim that needs no launch details; return the runner to serve with.
+
+    Own session, default signal handlers, child subreaper, and the event loop
+    made. A pre-forked spare (runtime/shim/zygote.py) does it before its launch arrives.
+    """
     with contextlib.suppress(PermissionError):  # already a process group leader (re-exec style)
         os.setsid()
-    os.chdir(launch.bundle)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    runner = asyncio.Runner()  # what asyncio.run() makes
+    runner.get_loop()
+    return runner
+
+
+def _become_daemon(launch: Launch) -> None:
+    os.chdir(launch.bundle)
     _redirect_stdio(launch.bundle)  # logging, set up by configure_logging(), writes to fd 2
     if launch.debug:
         logging.getLogger().setLevel(logging.DEBUG)
-    if _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-    _prctl(PR_SET_NAME, b"wharf-shim", 0, 0, 0)
+    prctl(PR_SET_NAME, b"wharf-shim", 0, 0, 0)
     if launch.oom_score_adj is not None:
         with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w", encoding="ascii") as f:
             f.write(str(min(launch.oom_score_adj + 1, 1000)))

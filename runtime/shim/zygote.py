@@ -20,8 +20,6 @@ Hence, before forking:
   pools are taken up, so a shim's new objects land in fresh pools side by side
   instead of one here and one there in ~600 inherited pools, each write
   copying a page (-0.3 MiB per shim);
-* :func:`version_in_child`: the version comes from a throwaway child, so
-  importlib.metadata (email, zipfile, csv: ~1 MiB) is never loaded here;
 * shims that configure and log as little as they can.
 
 Protocol, on ``<socket dir>/wharf-zygote-<tag>.sock`` (mode 0600): the client
@@ -35,6 +33,20 @@ new zygote rather than old code.
 
 The zygote is single-threaded (fork safety), reaps its children, and exits
 after ``WHARF_SHIM_ZYGOTE_IDLE`` seconds (default 600) with no live shim.
+
+A spare: between requests the zygote keeps one child forked ahead
+(:class:`Spare`), gone as far as a shim can go without its launch
+(:func:`~wharfd.runtime.shim.server.prepare`: session, signals, subreaper, event loop),
+then blocked on a socketpair. A launch sends it the listening socket
+(SCM_RIGHTS) and the request; it becomes the shim and answers ``ok`` on the
+same socketpair. That takes the fork off the launch's path (the next spare is
+forked once no request is waiting). A spare that is dead, fails, or was forked
+from a zygote whose inheritable state (cgroup, rlimits, oom_score_adj, the
+sealed runc copy) has changed since, is killed and a shim forked as before. A
+spare dies with its zygote (PR_SET_PDEATHSIG, and end of file on its socket),
+and the zygote kills its spare when it exits. It is named ``wharf-spare``
+until it becomes a shim, and is not counted as a live shim for the idle exit.
+``WHARF_SHIM_ZYGOTE_SPARE=0`` turns spares off.
 """
 
 from __future__ import annotations
@@ -52,18 +64,35 @@ import sys
 import time
 import types
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
+from wharfd.runtime import version as wharfd_version
 from wharfd.runtime.shim import runc as runc_binary
 from wharfd.runtime.shim import server  # imported here so forked children share it
 
 IDLE_ENV = "WHARF_SHIM_ZYGOTE_IDLE"
+SPARE_ENV = "WHARF_SHIM_ZYGOTE_SPARE"  # "0": no spare (every launch forks; saves one idle shim's memory)
 MAX_REQUEST = 1 << 20
 READY_TIMEOUT = 10.0
 # Pending launch requests: a burst of pod starts queues here (the kernel caps it at somaxconn).
 BACKLOG = 256
 # Warm-up rounds run under the profiler to find the code a shim runs (relocate_hot_code).
 RELOCATION_ROUNDS = 4
+PR_SET_PDEATHSIG = 1
+SPARE_NAME = b"wharf-spare"
+# Spares that died unused in a row before the zygote stops forking them (each launch then forks).
+MAX_SPARE_FAILURES = 3
+
+
+@dataclass
+class Spare:
+    """A child forked ahead of its launch, waiting on ``sock`` (its end of a socketpair)."""
+
+    pid: int
+    sock: socket.socket
+    state: tuple[object, ...]  # the zygote's inheritable state when it was forked
+    alive: bool = True
 
 
 class Zygote:
@@ -75,6 +104,12 @@ class Zygote:
         self.version = version
         self.idle_seconds = idle_seconds
         self.children: set[int] = set()
+        self.spare: Spare | None = None  # the one waiting for a launch
+        self.spares: dict[int, Spare] = {}  # every spare not yet reaped nor turned shim, by pid
+        self.spare_failures = 0
+        self.use_spares = os.environ.get(SPARE_ENV, "1") != "0"
+        with open("/proc/self/comm", "rb") as f:
+            self.name = f.read().rstrip(b"\n")  # restored after each spare's fork
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
@@ -90,6 +125,8 @@ class Zygote:
         idle_since = time.monotonic()
         try:
             while True:
+                if self.spare is None and self.use_spares and not self._pending():
+                    self._fork_spare()
                 try:
                     conn, _ = self.sock.accept()
                 except TimeoutError:
@@ -103,12 +140,17 @@ class Zygote:
                     self._handle(conn)
                 idle_since = time.monotonic()
         finally:
+            self._drop_spares()
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
             self.sock.close()
 
+    def _pending(self) -> bool:
+        """Whether a launch request waits to be accepted (it goes first: no spare fork before it)."""
+        return bool(select.select([self.sock], [], [], 0)[0])
+
     def _reap(self) -> None:
-        while self.children:
+        while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -117,42 +159,215 @@ class Zygote:
             if pid == 0:
                 return
             self.children.discard(pid)
+            spare = self.spares.pop(pid, None)
+            if spare is not None:
+                spare.alive = False  # its pid may be reused now: never signal it
 
     def _handle(self, conn: socket.socket) -> None:
         conn.settimeout(10)
         try:
-            request = json.loads(_receive(conn))
-            reply = self._launch(request, conn)
+            data = _receive(conn)
+            reply = self._launch(data, conn)
         except Exception as exc:  # report anything to the starter, keep serving others
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         with contextlib.suppress(OSError):
             conn.sendall(json.dumps(reply).encode())
 
-    def _launch(self, request: dict[str, Any], conn: socket.socket) -> dict[str, Any]:
-        request["options"] = base64.b64decode(request.get("options", ""))
-        launch = server.Launch(**request)
-        launch.version = self.version
+    def _launch(self, data: bytes, conn: socket.socket) -> dict[str, Any]:
+        launch = _decode(data, self.version)
         listener = _listen(launch.socket_path)
         if listener is None:
             return {"exists": True}
         runc_binary.seal()  # a stat, unless runc changed on disk: then a fresh copy
-        ready_r, ready_w = os.pipe()
         with listener:
-            pid = os.fork()
-            if pid == 0:
-                # The starter waits for end of file on conn: the child must not keep it open.
-                conn.close()
-                self.sock.close()
-                os.close(ready_r)
-                server.run(launch, listener, ready_w)  # never returns
-            self.children.add(pid)
-        os.close(ready_w)
-        status = _read_ready(ready_r)
+            pid, status, tried = self._hand_to_spare(data, listener)
+            if status != "ok":
+                pid, status = self._fork_shim(launch, listener, conn)
+                if status == "ok" and tried:
+                    # A spare failed where a fork did not: after a few in a row, fork only.
+                    self.spare_failures += 1
+                    self.use_spares = self.spare_failures < MAX_SPARE_FAILURES
         if status != "ok":
             with contextlib.suppress(OSError):
                 os.unlink(launch.socket_path)
             return {"error": status or f"shim {launch.id} exited before serving"}
         return {"pid": pid}
+
+    def _fork_shim(
+        self, launch: server.Launch, listener: socket.socket, conn: socket.socket
+    ) -> tuple[int, str]:
+        """Fork a shim for ``launch``; (pid, what it reported on its readiness pipe)."""
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # The starter waits for end of file on conn: the child must not keep it open.
+            conn.close()
+            self._close_inherited()
+            os.close(ready_r)
+            server.run(launch, listener, ready_w)  # never returns
+        self.children.add(pid)
+        os.close(ready_w)
+        return pid, _read_ready(ready_r)
+
+    def _hand_to_spare(self, data: bytes, listener: socket.socket) -> tuple[int, str, bool]:
+        """Give the launch to the spare: (pid, "ok", True) once it serves, else (0, why not, tried).
+
+        ``tried``: there was a spare, not outdated, and it died or failed. It is gone either way.
+        """
+        spare, self.spare = self.spare, None
+        if spare is None:
+            return 0, "no spare", False
+        if not spare.alive or spare.state != inherited_state():
+            self._kill_spare(spare)
+            return 0, "spare dead or outdated", not spare.alive
+        try:
+            socket.send_fds(spare.sock, [b"L"], [listener.fileno()])
+            spare.sock.sendall(data)
+            spare.sock.shutdown(socket.SHUT_WR)
+            status = _read_ready(os.dup(spare.sock.fileno()))
+        except OSError as exc:
+            status = str(exc)
+        if status != "ok":
+            self._kill_spare(spare)
+            return 0, status, True
+        spare.sock.close()
+        self.spare_failures = 0
+        del self.spares[spare.pid]
+        self.children.add(spare.pid)
+        return spare.pid, status, True
+
+    def _fork_spare(self) -> None:
+        """Fork the next spare (between requests); on failure the launches just fork."""
+        mine, theirs = socket.socketpair()
+        state = inherited_state()
+        zygote = os.getpid()  # taken here: the child checks that its parent still is this process
+        _set_name(SPARE_NAME)  # inherited at fork: a spare never shows the zygote's name
+        try:
+            pid = os.fork()
+        except OSError:
+            _set_name(self.name)
+            mine.close()
+            theirs.close()
+            return
+        if pid == 0:
+            try:
+                mine.close()
+                self._close_inherited()
+            finally:
+                _serve_as_spare(theirs, zygote, self.version)  # never returns
+        _set_name(self.name)
+        theirs.close()
+        self.spare = self.spares[pid] = Spare(pid, mine, state)
+
+    def _close_inherited(self) -> None:
+        """In a forked child: close what only the zygote may hold (its socket, its spare's)."""
+        self.sock.close()
+        if self.spare is not None:
+            self.spare.sock.close()
+
+    def _kill_spare(self, spare: Spare) -> None:
+        if spare.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(spare.pid, signal.SIGKILL)  # reaped by the SIGCHLD handler
+        spare.sock.close()
+
+    def _drop_spares(self) -> None:
+        """Kill the spares and wait for them (the zygote is exiting)."""
+        self.spare = None
+        for spare in list(self.spares.values()):
+            self._kill_spare(spare)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(spare.pid, 0)
+        self.spares.clear()
+
+
+def _decode(data: bytes, version: str) -> server.Launch:
+    """The launch a request asks for (the zygote and a spare decode the same bytes)."""
+    request = json.loads(data)
+    request["options"] = base64.b64decode(request.get("options", ""))
+    launch = server.Launch(**request)
+    launch.version = version
+    return launch
+
+
+def _serve_as_spare(sock: socket.socket, zygote: int, version: str) -> NoReturn:
+    """In a spare: prepare, wait for a launch on ``sock``, become its shim (or exit without one)."""
+    try:
+        # Die with the zygote, from now on or already (then the parent is no longer it).
+        server.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != zygote:
+            os._exit(0)
+        runner = server.prepare()
+        first, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        if not first or len(fds) != 1:
+            os._exit(0)  # end of file: the zygote went away
+        # Close-on-exec, as a forked shim's listener is: runc must not inherit it. (recv_fds
+        # drops its flags argument before Python 3.13: no MSG_CMSG_CLOEXEC.)
+        os.set_inheritable(fds[0], False)
+        listener = socket.socket(fileno=fds[0])
+        launch = _decode(_receive(sock), version)
+        server.prctl(PR_SET_PDEATHSIG, 0, 0, 0, 0)  # a shim outlives its zygote
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            sock.sendall(f"spare: {type(exc).__name__}: {exc}".encode()[:4000])
+        os._exit(1)
+    server.run(launch, listener, sock.detach(), prepared=runner)
+
+
+def warm_up_spare(rounds: int = server.WARM_ROUNDS) -> None:
+    """Run a spare's own steps (receive a launch and a socket, decode) here, as server.warm_up does.
+
+    What a spare runs beyond a forked shim is then warm, relocated and
+    specialized in the zygote, and costs a spare-born shim no more copied pages.
+    """
+    request = {
+        "id": "x",
+        "namespace": "x",
+        "bundle": "/",
+        "socket_path": "",
+        "options": "",
+        "env": {"A": "b"},
+    }
+    data = json.dumps(request).encode()
+    for _ in range(rounds):
+        mine, theirs = socket.socketpair()
+        with mine, theirs:
+            socket.send_fds(mine, [b"L"], [mine.fileno()])
+            mine.sendall(data)
+            mine.shutdown(socket.SHUT_WR)
+            _, fds, _, _ = socket.recv_fds(theirs, 1, 1)
+            os.set_inheritable(fds[0], False)
+            socket.socket(fileno=fds[0]).close()
+            _decode(_receive(theirs), "")
+
+
+def inherited_state() -> tuple[object, ...]:
+    """What a shim inherits from the zygote that can change under it: a spare from before differs.
+
+    The cgroups, the resource limits, the OOM score (a shim without one in its launch keeps it)
+    and the sealed runc copy (a new one once runc changed on disk).
+    """
+    return (*map(_read_proc, _STATE_FILES), runc_binary._sealed)  # a new value whenever seal() copies
+
+
+_STATE_FILES = ("/proc/self/cgroup", "/proc/self/limits", "/proc/self/oom_score_adj")
+
+
+def _read_proc(path: str) -> bytes:
+    # os.open and os.read: the fewest objects made (each one the zygote makes, it writes a page of
+    # its heap that the last spare-born shim then keeps to itself).
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, 16384)  # /proc/self/limits, the largest, is ~1.3 KiB
+    finally:
+        os.close(fd)
+
+
+def _set_name(name: bytes) -> None:
+    server.prctl(server.PR_SET_NAME, name, 0, 0, 0)
 
 
 def _read_ready(fd: int) -> str:
@@ -210,7 +425,7 @@ def main() -> None:
     path = sys.argv[1]
     idle = float(os.environ.get(IDLE_ENV, "600"))
     os.chdir("/")
-    version = version_in_child()
+    version = wharfd_version.VERSION  # a constant: importlib.metadata (~1 MiB) is never loaded
     try:
         zygote = Zygote(path, idle, version)
     except OSError as exc:
@@ -220,13 +435,19 @@ def main() -> None:
             os.unlink(path)
         zygote = Zygote(path, idle, version)
     server.configure_logging()
-    relocate_hot_code(lambda: server.warm_up(RELOCATION_ROUNDS))
+    relocate_hot_code(_warm_up_for_relocation)
     server.warm_up()  # after the relocation: the new code objects are the ones to specialize
+    warm_up_spare()
     runc_binary.seal()  # one sealed runc for every shim (runtime/shim/runc.py)
     gc.collect()
     fill_pools()
     gc.freeze()  # keep inherited objects out of the children's collections: their pages stay shared
     zygote.serve()
+
+
+def _warm_up_for_relocation() -> None:
+    server.warm_up(RELOCATION_ROUNDS)
+    warm_up_spare(RELOCATION_ROUNDS)
 
 
 def relocate_hot_code(exercise: Callable[[], object]) -> int:
@@ -266,24 +487,6 @@ def relocate_hot_code(exercise: Callable[[], object]) -> int:
             obj.__code__ = copy(obj.__code__)
             moved += 1
     return moved
-
-
-def version_in_child() -> str:
-    """The package version, looked up in a throwaway child: its imports stay out of this process."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child's own coverage is not collected
-        try:
-            from wharfd.runtime.version import version
-
-            os.write(write, version().encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        answer = pipe.read().decode(errors="replace")
-    os.waitpid(pid, 0)
-    return answer or "0.0.0+unknown"
 
 
 # Objects that take up the free blocks of partly used pools (fill_pools); never used, never freed.

@@ -307,7 +307,8 @@ def zygote(socket_dir: Path) -> tuple[int, str]:
     return 0, ""
 
 
-def children_of(parent: int) -> set[int]:
+def children_of(parent: int, *, spares: bool = False) -> set[int]:
+    """The children of ``parent``: without the zygote's pre-forked spare, or (``spares``) only it."""
     if not parent:
         return set()
     found = set()
@@ -315,7 +316,8 @@ def children_of(parent: int) -> set[int]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 stat = (entry / "stat").read_text()
-                if int(stat.rpartition(")")[2].split()[1]) == parent:
+                is_spare = stat.partition("(")[2].rpartition(")")[0] == "wharf-spare"
+                if int(stat.rpartition(")")[2].split()[1]) == parent and is_spare == spares:
                     found.add(int(entry.name))
     return found
 

@@ -74,20 +74,6 @@ def test_relocate_hot_code_packs_the_code_that_ran_and_keeps_it_working() -> Non
     assert answer["pages_after"] < answer["pages_before"]
 
 
-def test_version_comes_from_a_child_and_its_imports_stay_there() -> None:
-    answer = python(
-        """
-        import json, sys
-        from wharfd.runtime.shim import zygote
-        found = zygote.version_in_child()
-        loaded = "importlib.metadata" in sys.modules
-        from wharfd.runtime.version import version
-        print(json.dumps({"found": found, "loaded": loaded, "version": version()}))
-        """
-    )
-    assert answer["found"] == answer["version"] and answer["loaded"] is False
-
-
 def test_warm_up_leaves_no_import_to_the_shims() -> None:
     # A shim opens pid files and oom_score_adj as ASCII text: that codec is looked up
     # (and encodings.ascii imported) in the zygote, not in each shim.

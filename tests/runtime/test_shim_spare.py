@@ -1,0 +1,184 @@
+"""The zygote's pre-forked spare: used for a launch, replaced, fallen back from, never leaked.
+
+A zygote runs as its own process here (``python -m wharfd.runtime.shim.zygote``),
+asked for shims as ``start`` asks it; no runc is needed (the shims only serve).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.runtime.test_shim_rig import children_of, pid_alive
+from wharfd.runtime.shim import launch
+
+TIMEOUT = 15.0
+
+
+def wait_for(condition: Callable[[], object]) -> None:
+    """Poll ``condition`` (the state of other processes) until true, at most TIMEOUT."""
+    deadline = time.monotonic() + TIMEOUT
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+class Zygote:
+    """A zygote on a temporary directory, and the launches asked of it."""
+
+    def __init__(self, root: Path, idle: float = 600) -> None:
+        self.root = root
+        self.control = str(root / "zygote.sock")
+        env = {**os.environ, "WHARF_SHIM_ZYGOTE_IDLE": str(idle)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "wharfd.runtime.shim.zygote", self.control],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.shims: set[int] = set()
+        wait_for(lambda: launch._can_connect(self.control))
+
+    def spare(self) -> int:
+        """The pid of the waiting spare (waits for one)."""
+        found: set[int] = set()
+
+        def one() -> bool:
+            found.update(children_of(self.proc.pid, spares=True))
+            return len(found) == 1
+
+        wait_for(one)
+        return found.pop()
+
+    def launch(self, cid: str) -> tuple[int, str]:
+        """Ask for a shim for container ``cid``; (its pid, its socket path)."""
+        bundle = self.root / cid
+        bundle.mkdir()
+        path = str(self.root / f"{cid}.sock")
+        request = launch.launch_request(
+            launch.Flags(namespace="wharfd-test-ns", id=cid),
+            bundle=str(bundle),
+            socket_path=path,
+            ttrpc_address="",
+            options=b"",
+            env={},
+        )
+        reply = launch._request(self.control, request)
+        assert reply is not None and isinstance(reply.get("pid"), int), reply
+        pid = int(str(reply["pid"]))
+        self.shims.add(pid)
+        return pid, path
+
+    def close(self) -> None:
+        for pid in self.shims | {self.proc.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def zygote() -> Iterator[Zygote]:
+    root = Path(tempfile.mkdtemp(prefix="wharfd-test-spare-", dir="/tmp"))
+    started = Zygote(root)
+    try:
+        yield started
+    finally:
+        started.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fds(pid: int) -> list[tuple[str, int]]:
+    """(kind of file, close-on-exec) of each fd of ``pid``, sorted (the numbers may differ)."""
+    table = {}
+    for entry in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(entry).split(":")[0]
+        flags = int(next(li for li in (Path(f"/proc/{pid}/fdinfo") / entry.name).read_text().splitlines()
+                         if li.startswith("flags:")).split()[1], 8)  # fmt: skip
+        table[int(entry.name)] = (target, flags & os.O_CLOEXEC)
+    return sorted(table.values())
+
+
+def state(pid: int) -> dict[str, object]:
+    """What must not tell a shim born from a spare from one forked for its launch."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {
+        "name": Path(f"/proc/{pid}/comm").read_text(),
+        "session leader": int(stat[3]) == pid and int(stat[2]) == pid,  # sid and pgid
+        "cgroup": Path(f"/proc/{pid}/cgroup").read_text(),
+        "limits": Path(f"/proc/{pid}/limits").read_text(),
+        "oom_score_adj": Path(f"/proc/{pid}/oom_score_adj").read_text(),
+        "environ": Path(f"/proc/{pid}/environ").read_bytes(),
+        "signals": (status["SigIgn"], status["SigCgt"], status["SigBlk"]),
+        "fds": fds(pid),
+        "cwd": os.readlink(f"/proc/{pid}/cwd").rsplit("/", 1)[0],
+    }
+
+
+def test_a_launch_is_served_by_the_spare_and_a_new_spare_follows(zygote: Zygote) -> None:
+    spare = zygote.spare()
+    pid, path = zygote.launch("wharfd-test-a")
+    assert pid == spare and launch._can_connect(path)
+    assert Path(f"/proc/{pid}/comm").read_text() == "wharf-shim\n"
+    assert children_of(zygote.proc.pid) == {pid}  # a shim now, no longer the spare
+    following = zygote.spare()
+    assert following != spare
+    second, second_path = zygote.launch("wharfd-test-b")
+    assert second == following and launch._can_connect(second_path)
+
+
+def test_a_killed_spare_falls_back_to_a_fork_in_the_same_state(zygote: Zygote) -> None:
+    first = zygote.spare()
+    from_spare, _ = zygote.launch("wharfd-test-a")
+    assert from_spare == first
+    spare = zygote.spare()
+    os.kill(spare, signal.SIGKILL)
+    forked, path = zygote.launch("wharfd-test-b")  # at once: the zygote may not have reaped it yet
+    assert forked != spare and launch._can_connect(path)
+    assert not pid_alive(spare)
+    # Born from a spare or forked for its launch, a shim is the same.
+    assert state(from_spare) == state(forked)
+    zygote.spare()  # and spares go on
+
+
+def test_concurrent_launches_both_get_a_shim(zygote: Zygote) -> None:
+    spare = zygote.spare()
+    with ThreadPoolExecutor(4) as pool:
+        launched = list(pool.map(zygote.launch, [f"wharfd-test-{i}" for i in range(4)]))
+    pids = {pid for pid, _ in launched}
+    assert len(pids) == 4 and spare in pids
+    assert all(launch._can_connect(path) for _, path in launched)
+    assert children_of(zygote.proc.pid) == pids
+
+
+def test_the_spare_dies_with_its_killed_zygote(zygote: Zygote) -> None:
+    spare = zygote.spare()
+    shim, path = zygote.launch("wharfd-test-a")
+    following = zygote.spare()
+    os.kill(zygote.proc.pid, signal.SIGKILL)
+    zygote.proc.wait()
+    wait_for(lambda: not pid_alive(following))
+    assert shim == spare and pid_alive(shim) and launch._can_connect(path)  # shims outlive it
+
+
+def test_the_zygote_idle_exit_takes_its_spare() -> None:
+    root = Path(tempfile.mkdtemp(prefix="wharfd-test-spare-", dir="/tmp"))
+    idle = Zygote(root, idle=0.3)
+    try:
+        spare = idle.spare()
+        assert idle.proc.wait(timeout=TIMEOUT) == 0
+        assert not pid_alive(spare)
+    finally:
+        idle.close()
+        shutil.rmtree(root, ignore_errors=True)
