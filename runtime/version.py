@@ -7,23 +7,18 @@ import subprocess
 from pathlib import Path
 
 PACKAGE = "wharfd"
+# The one place the version is written: pyproject.toml reads it from here (setuptools ``attr``).
+VERSION = "0.1.0"
 # The CRI names the runtime; kubelet shows "<runtime_name>://<runtime_version>".
 RUNTIME_NAME = "wharfd"
 # The version of the CRI API served (Version.version in the CRI; kubelet needs it non-empty).
 CRI_API_VERSION = "v1"
-CRI_VERSION = "0.1.0"
+CRI_VERSION = VERSION
 
 
-@functools.cache
 def version() -> str:
-    """The installed package version, e.g. ``0.1.0``."""
-    # importlib.metadata (with zipfile, csv and email) loads only when the version is asked for.
-    from importlib import metadata
-
-    try:
-        return metadata.version(PACKAGE)
-    except metadata.PackageNotFoundError:
-        return "0.0.0+unknown"
+    """The package version, e.g. ``0.1.0`` (a constant: no importlib.metadata, which costs ~1 MiB)."""
+    return VERSION
 
 
 @functools.cache

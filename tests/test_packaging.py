@@ -44,3 +44,12 @@ def test_wheel_has_only_the_wharfd_package(tmp_path: Path) -> None:
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     for script in ("wharfd = wharfd.cri.daemon:main", "wharf = wharfd.runtime.ctr.main:main"):
         assert script in text
+
+
+def test_the_installed_version_is_the_one_in_runtime_version() -> None:
+    """pyproject.toml takes its version from runtime/version.py; the metadata must agree."""
+    from importlib import metadata
+
+    from wharfd.runtime import version
+
+    assert metadata.version("wharfd") == version.VERSION == version.version()

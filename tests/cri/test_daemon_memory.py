@@ -64,6 +64,9 @@ HEAVY = (
     "wharfd.runtime.images.apply",
     "wharfd.runtime.images.push",
     "wharfd.runtime.ctr",
+    "importlib.metadata",  # the version is a constant (runtime/version.py)
+    "fractions",  # Go durations in the config are parsed with integers
+    "decimal",
 )
 
 
