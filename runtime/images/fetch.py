@@ -309,11 +309,25 @@ class Session:
             await self._commit(desc, ref, writer)
         except BaseException as exc:
             stored.set_exception(exc if isinstance(exc, Exception) else errors.Canceled("pull cancelled"))
+            # The extractor reading the ingest may find the bytes wrong (and stop the pull) before
+            # our own commit does: a complete ingest with the wrong digest is useless for a resume.
+            await self._drop_if_wrong(desc, ref, writer)
             raise
         finally:
             self.p.inflight.pop(key, None)
             await writer.close()
         stored.set_result(None)
+
+    async def _drop_if_wrong(self, desc: Descriptor, ref: str, writer: LocalWriter) -> None:
+        with contextlib.suppress(Exception):
+            if writer.offset != desc.size:
+                return  # incomplete: kept, the next pull resumes it
+            await writer.flush()
+            if await asyncio.to_thread(writer.digest) == desc.digest:
+                return
+            await writer.close()
+            with contextlib.suppress(errors.NotFound):
+                await self.p.content.abort(ref)
 
     async def _open_writer(
         self, ref: str, desc: Descriptor, source: asyncio.Future[Source] | None

@@ -307,6 +307,35 @@ async def assert_clean_after_gc(r: Rig) -> None:
     assert await r.plugins.instance("io.containerd.metadata.v1").leases.list() == []
 
 
+def test_wrong_bytes_are_dropped_when_the_extractor_stops_the_pull_first(
+    tmp_path: Path, registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The extracting worker reads the ingest as it grows and may find the digest wrong before the
+    # download's own commit does; the pull then stops the download with a cancellation. Simulated:
+    # the commit is cancelled after every byte arrived.
+    from wharfd.runtime.images import fetch
+
+    layer = random_layer(1 << 20)
+    image = build_image([layer])
+
+    async def cancelled_commit(*args: object) -> None:
+        raise asyncio.CancelledError
+
+    async def main() -> None:
+        ref = await push(registry.host, "test/corrupt-first:1", image)
+        path = storage_file(registry, layer.descriptor.digest)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        monkeypatch.setattr(fetch.Session, "_commit", cancelled_commit)
+        async with rig(tmp_path) as r:
+            with pytest.raises((asyncio.CancelledError, errors.DataLoss, errors.Canceled)):
+                await r.puller.pull(ref)
+            assert await r.content.list_statuses() == []  # complete and wrong: not kept
+
+    asyncio.run(main())
+
+
 def test_corrupt_blob_is_data_loss_and_leaves_nothing(tmp_path: Path, registry: RegistryServer) -> None:
     layer = random_layer(1 << 20)
     image = build_image([layer])
