@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
-import secrets
 import threading
 from pathlib import Path
 
@@ -47,7 +46,7 @@ def _pin_new_netns(path: Path) -> None:
 
 async def create(name: str | None = None, *, directory: Path = DEFAULT_DIR) -> Path:
     """Create a network namespace pinned at ``directory/name`` and return that path."""
-    path = directory / (name or f"cni-{secrets.token_hex(8)}")
+    path = directory / (name or f"cni-{os.urandom(8).hex()}")
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 

@@ -22,7 +22,6 @@ import enum
 import json
 import logging
 import os
-import secrets
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -62,7 +61,7 @@ def now_ns() -> int:
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own per write: two writers must never rename each other's file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

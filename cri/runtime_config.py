@@ -23,7 +23,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +84,8 @@ def routes_for(cidrs: list[str]) -> list[str]:
 
 def _write_atomic(path: Path, data: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    import tempfile  # rare path: an idle daemon does not load it (random, hmac)
+
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -438,6 +437,8 @@ def _numeric_user(userstr: str) -> tuple[int, int, tuple[int, ...]] | None:
 
 def _resolve_user(userstr: str, mounts: list[Mount], image: str) -> tuple[int, int, tuple[int, ...]]:
     """Mount the new rootfs briefly (blocking) and look ``userstr`` up in it."""
+    import tempfile  # rare path: an idle daemon does not load it (random, hmac)
+
     with tempfile.TemporaryDirectory(prefix="wharfd-sandbox-user-") as target:
         mount.mount_all(mounts, target)
         try:

@@ -29,9 +29,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -150,7 +148,7 @@ class Unpacker:
     ) -> None:
         base = sn.backend.root / STAGING
         await asyncio.to_thread(base.mkdir, mode=0o700, exist_ok=True)
-        stages = [_Stage(layer, base / secrets.token_hex(8)) for layer in layers]
+        stages = [_Stage(layer, base / os.urandom(8).hex()) for layer in layers]
         for stage in stages:
             stage.task = asyncio.create_task(self._extract(stage, report))
         try:
@@ -278,7 +276,7 @@ class Unpacker:
 
     async def _hold(self, sn: NamespacedSnapshotter, layer: Layer, lease: str) -> str:
         """Attach the active key and the chain id to the lease before either exists."""
-        key = f"extract-{secrets.token_hex(6)}-{layer.chain}"
+        key = f"extract-{os.urandom(6).hex()}-{layer.chain}"
         kind = f"snapshots/{sn.name}"
         await self.leases.add_resource(lease, Resource(key, kind))
         await self.leases.add_resource(lease, Resource(layer.chain, kind))
@@ -379,6 +377,8 @@ async def mounted(mounts: Sequence[Mount], scratch: Path) -> AsyncIterator[str]:
     if len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options:
         yield mounts[0].source
         return
+    import tempfile  # only when a layer is applied through a mount
+
     point = await asyncio.to_thread(tempfile.mkdtemp, prefix="mount-", dir=scratch)
     try:
         await asyncio.to_thread(mount.mount_all, mounts, point)

@@ -13,7 +13,7 @@ import asyncio
 import builtins
 import contextlib
 import json
-import secrets
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -100,7 +100,7 @@ class LeaseStore:
     async def create(self, lease_id: str = "", labels: Mapping[str, str] | None = None) -> Lease:
         """Create a lease (a random id when none is given); AlreadyExists if the id is taken."""
         ns = namespaces.required()
-        lease_id = lease_id or f"wharfd-{secrets.token_hex(8)}"
+        lease_id = lease_id or f"wharfd-{os.urandom(8).hex()}"
         # containerd takes any non-empty lease id; ctr's random ones ("123-ab_-c=")
         # are not identifiers.
         if "/" in lease_id or len(lease_id) > 256:

@@ -37,9 +37,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
-import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -178,12 +176,12 @@ class WalkingDiffer:
         if not upper:
             raise errors.InvalidArgument("right: the upper mounts must not be empty")
         await asyncio.to_thread(self.scratch.mkdir, parents=True, exist_ok=True)
-        out = self.scratch / f"diff-{secrets.token_hex(8)}.tmp"
+        out = self.scratch / f"diff-{os.urandom(8).hex()}.tmp"
         try:
             made = await self._diff(lower, upper, str(out), compression, source_date_epoch)
             desc = Descriptor(media_type, made.digest, made.size)
             stored = {**(labels or {}), L.UNCOMPRESSED: made.diff_id}
-            await self._store(out, ref or f"diff-{secrets.token_hex(8)}", desc, stored)
+            await self._store(out, ref or f"diff-{os.urandom(8).hex()}", desc, stored)
         finally:
             await asyncio.to_thread(out.unlink, missing_ok=True)
         return desc
@@ -227,6 +225,8 @@ class WalkingDiffer:
     async def _mounted(self, mounts: Sequence[Mount]) -> AsyncIterator[str]:
         """Mount ``mounts`` on a fresh directory under the scratch directory, and undo it on exit."""
         await asyncio.to_thread(self.scratch.mkdir, parents=True, exist_ok=True)
+        import tempfile  # a diff's mount point; not needed by an idle daemon
+
         point = await asyncio.to_thread(tempfile.mkdtemp, prefix="mount-", dir=self.scratch)
         try:
             try:

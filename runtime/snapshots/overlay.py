@@ -26,7 +26,7 @@ which is what image layers' ``.wh.`` entries are unpacked into.
 from __future__ import annotations
 
 import os
-import tempfile
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -138,8 +138,13 @@ def check_supported(root: Path) -> str | None:
     """
     try:
         root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with tempfile.TemporaryDirectory(prefix="overlay-check-", dir=root) as tmp:
-            return _probe(Path(tmp))
+        # A unique directory without tempfile (which an idle daemon need not import).
+        tmp = root / f"overlay-check-{os.urandom(6).hex()}"
+        tmp.mkdir(mode=0o700)
+        try:
+            return _probe(tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     except OSError as exc:
         return f"overlayfs cannot be used under {root}: {exc}"
 

@@ -67,6 +67,8 @@ HEAVY = (
     "importlib.metadata",  # the version is a constant (runtime/version.py)
     "fractions",  # Go durations in the config are parsed with integers
     "decimal",
+    "tempfile",  # with random and hmac: unique names come from os.urandom
+    "secrets",
 )
 
 
