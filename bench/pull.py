@@ -386,7 +386,11 @@ async def pull_once(plugins: plugin.PluginSet, ref: str, registry_pid: int) -> S
     sample.cpu = tree_cpu(registry_pid) - cpu
     sample.calls = len(latencies)
     sample.lat_max = max(latencies)
-    sample.lat_p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) > 2 else sample.lat_max
+    sample.lat_p99 = (
+        statistics.quantiles(latencies, n=100, method="inclusive")[98]
+        if len(latencies) > 2
+        else sample.lat_max
+    )
     await images.delete(result.name)
     await plugins.instance(plugin.GC, "scheduler").collect()
     return sample
@@ -400,7 +404,12 @@ async def idle_latency(plugins: plugin.PluginSet, seconds: float = 1.0) -> Sampl
     await asyncio.sleep(seconds)
     stop.set()
     await task
-    return Sample(seconds, max(latencies), statistics.quantiles(latencies, n=100)[98], len(latencies))
+    return Sample(
+        seconds,
+        max(latencies),
+        statistics.quantiles(latencies, n=100, method="inclusive")[98],
+        len(latencies),
+    )
 
 
 async def measure(ref: str, root: Path, runs: int, registry_pid: int) -> tuple[Sample, list[Sample], Sample]:
@@ -696,7 +705,7 @@ def _stats(latencies: list[float]) -> str:
     if not latencies:
         return "no calls"
     ms = sorted(x * 1e3 for x in latencies)
-    p99 = statistics.quantiles(ms, n=100)[98] if len(ms) > 2 else ms[-1]
+    p99 = statistics.quantiles(ms, n=100, method="inclusive")[98] if len(ms) > 2 else ms[-1]
     return f"median {statistics.median(ms):5.2f}  p99 {p99:6.2f}  max {ms[-1]:6.2f} ms  ({len(ms)} calls)"
 
 
@@ -765,7 +774,7 @@ def report_diagnosis(path: Path, windows: list[tuple[float, float]]) -> None:
 
     lags = sorted(lag * 1e3 for t, lag in diag["lags"] if inside(t))
     if len(lags) > 2:
-        p99 = statistics.quantiles(lags, n=100)[98]
+        p99 = statistics.quantiles(lags, n=100, method="inclusive")[98]
         print(
             f"\nloop lag during pulls (1 ms timer): median {statistics.median(lags):.2f} "
             f"p99 {p99:.2f} max {lags[-1]:.2f} ms"
