@@ -23,7 +23,6 @@ import logging
 import os
 import shutil
 import threading
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,7 +98,7 @@ def read_status(path: Path, ref: str) -> Status | None:
 
 def remove(path: Path) -> bool:
     """Delete an ingest directory; rename first so no reader sees it half removed. False if absent."""
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f"{path.name}.{os.urandom(16).hex()}.tmp")
     try:
         os.rename(path, tmp)
     except FileNotFoundError:

@@ -9,7 +9,7 @@ the same across restarts (kept under the plugin's root) and the daemon's pid.
 from __future__ import annotations
 
 import os
-import uuid as uuidlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +23,30 @@ from wharfd.api.types import platform_pb2
 from wharfd.runtime import errors, filters, plugin
 from wharfd.runtime.services import boundary
 
+# The canonical text form; the uuid module (~0.3 MiB) is not needed for one random id.
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def random_uuid() -> str:
+    """A random (version 4, RFC 4122 variant) uuid in its canonical text form."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
 
 def load_uuid(root: Path) -> str:
     """Return this installation's uuid, creating it on first start (atomically)."""
     path = root / "uuid"
     try:
-        return str(uuidlib.UUID(path.read_text().strip()))
-    except (FileNotFoundError, ValueError):
-        pass
+        found = path.read_text().strip().lower()
+    except FileNotFoundError:
+        found = ""
+    if _UUID.fullmatch(found):
+        return found
     root.mkdir(parents=True, exist_ok=True)
-    value = str(uuidlib.uuid4())
+    value = random_uuid()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(value + "\n")
     os.replace(tmp, path)

@@ -69,6 +69,7 @@ HEAVY = (
     "decimal",
     "tempfile",  # with random and hmac: unique names come from os.urandom
     "secrets",
+    "uuid",  # the installation's uuid is made from os.urandom
 )
 
 
