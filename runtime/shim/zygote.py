@@ -56,6 +56,7 @@ import contextlib
 import errno
 import gc
 import json
+import logging
 import os
 import select
 import signal
@@ -435,9 +436,12 @@ def main() -> None:
             os.unlink(path)
         zygote = Zygote(path, idle, version)
     server.configure_logging()
-    relocate_hot_code(_warm_up_for_relocation)
-    server.warm_up()  # after the relocation: the new code objects are the ones to specialize
-    warm_up_spare()
+    try:
+        relocate_hot_code(_warm_up_for_relocation)
+        server.warm_up()  # after the relocation: the new code objects are the ones to specialize
+        warm_up_spare()
+    except Exception:  # the warm-up only saves memory; shims work without it
+        logging.getLogger("wharfd.shim.zygote").exception("zygote warm-up failed; serving without it")
     runc_binary.seal()  # one sealed runc for every shim (runtime/shim/runc.py)
     gc.collect()
     fill_pools()

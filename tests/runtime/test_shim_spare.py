@@ -37,10 +37,12 @@ def wait_for(condition: Callable[[], object]) -> None:
 class Zygote:
     """A zygote on a temporary directory, and the launches asked of it."""
 
-    def __init__(self, root: Path, idle: float = 600) -> None:
+    def __init__(self, root: Path, idle: float = 600, path: str | None = None) -> None:
         self.root = root
         self.control = str(root / "zygote.sock")
         env = {**os.environ, "WHARF_SHIM_ZYGOTE_IDLE": str(idle)}
+        if path is not None:
+            env["PATH"] = path
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "wharfd.runtime.shim.zygote", self.control],
             env=env,
@@ -182,3 +184,14 @@ def test_the_zygote_idle_exit_takes_its_spare() -> None:
     finally:
         idle.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_failed_warm_up_leaves_a_working_zygote(tmp_path: Path) -> None:
+    # The warm-up runs `true` from PATH; without it the zygote still serves (it only saves memory).
+    started = Zygote(tmp_path, path=str(tmp_path / "empty"))
+    try:
+        pid, path = started.launch("wharfd-test-no-warm-up")
+        wait_for(lambda: Path(path).exists())
+        assert pid > 0 and started.proc.poll() is None
+    finally:
+        started.close()
