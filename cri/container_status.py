@@ -99,9 +99,9 @@ async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, 
     Remembered per container while the image store is unchanged (its generation), so
     the repeated calls kubelet makes are answered from memory.
     """
-    generation = getattr(state.catalog.images, "generation", None)
+    generation = state.catalog.images.generation
     cached = container.image_view
-    if generation is not None and cached is not None and cached[0] == generation:
+    if cached is not None and cached[0] == generation:
         return cached[1], cached[2]
     config_image = container.metadata.config.image
     try:
@@ -113,8 +113,7 @@ async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, 
     if image.repo_tags:
         spec.image = image.repo_tags[0]
     ref = (image.repo_digests or [container.metadata.image_id])[0]
-    if generation is not None:
-        container.image_view = (generation, spec, ref)
+    container.image_view = (generation, spec, ref)
     return spec, ref
 
 

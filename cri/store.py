@@ -25,6 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from google.protobuf import any_pb2
 
 from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.cri.config import RUNC_LIKE_TYPES
 from wharfd.cri.records import (
     CONTAINER_METADATA_EXT,
     KIND_CONTAINER,
@@ -219,16 +220,13 @@ def runtime_for(config: dict[str, Any], handler: str) -> Runtime:
         handler=name,
         type=str(entry.get("runtime_type") or ""),
         path=str(entry.get("runtime_path") or ""),
-        options=_runc_options(options) if entry.get("runtime_type") in _RUNC_LIKE else None,
+        options=_runc_options(options) if entry.get("runtime_type") in RUNC_LIKE_TYPES else None,
         systemd_cgroup=bool(options.get("SystemdCgroup", False)),
         pod_annotations=tuple(entry.get("pod_annotations") or ()),
         container_annotations=tuple(entry.get("container_annotations") or ()),
         snapshotter=str(entry.get("snapshotter") or ""),
         privileged_without_host_devices=bool(entry.get("privileged_without_host_devices", False)),
     )
-
-
-_RUNC_LIKE = ("io.containerd.runc.v2", "io.containerd.wharf.v2")
 
 
 def _runc_options(options: dict[str, Any]) -> any_pb2.Any:

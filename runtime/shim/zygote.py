@@ -14,9 +14,9 @@ Hence, before forking:
 
 * the warm-up (:func:`~wharfd.runtime.shim.server.warm_up`): lazy caches,
   codec look-ups and bytecode specialization are paid once, here;
-* :func:`relocate_hot_code`: the code objects the warm-up ran are copied side
+* :func:`~wharfd.runtime.shim.sharing.relocate_hot_code`: the code objects the warm-up ran are copied side
   by side, so the ones a shim writes share pages (-0.25 MiB per shim);
-* :func:`fill_pools`: the free blocks left in the allocator's partly used
+* :func:`~wharfd.runtime.shim.sharing.fill_pools`: the free blocks left in the allocator's partly used
   pools are taken up, so a shim's new objects land in fresh pools side by side
   instead of one here and one there in ~600 inherited pools, each write
   copying a page (-0.3 MiB per shim);
@@ -63,14 +63,13 @@ import signal
 import socket
 import sys
 import time
-import types
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from wharfd.runtime import version as wharfd_version
 from wharfd.runtime.shim import runc as runc_binary
 from wharfd.runtime.shim import server  # imported here so forked children share it
+from wharfd.runtime.shim.sharing import fill_pools, relocate_hot_code
 
 IDLE_ENV = "WHARF_SHIM_ZYGOTE_IDLE"
 SPARE_ENV = "WHARF_SHIM_ZYGOTE_SPARE"  # "0": no spare (every launch forks; saves one idle shim's memory)
@@ -452,107 +451,6 @@ def main() -> None:
 def _warm_up_for_relocation() -> None:
     server.warm_up(RELOCATION_ROUNDS)
     warm_up_spare(RELOCATION_ROUNDS)
-
-
-def relocate_hot_code(exercise: Callable[[], object]) -> int:
-    """Run ``exercise``; give each function it ran a fresh copy of its code object. Return how many.
-
-    Code objects are made at import, module after module, so the few hundred a
-    shim runs lie scattered among the thousands it never does, a page or two
-    apart. Running a function writes its code object (reference count; inline
-    caches until it has specialized), so in a forked shim each one run copies
-    a page of its own. Copied here one after the other, they share pages.
-    The copies are equal (``code.replace``), nested code objects (closures,
-    comprehensions) included; the originals are freed.
-    """
-    ran: set[types.CodeType] = set()
-
-    def profile(frame: types.FrameType, event: str, arg: object) -> None:
-        if event == "call":
-            ran.add(frame.f_code)
-
-    sys.setprofile(profile)
-    try:
-        exercise()
-    finally:
-        sys.setprofile(None)
-    copies: dict[types.CodeType, types.CodeType] = {}
-
-    def copy(code: types.CodeType) -> types.CodeType:
-        new = copies.get(code)
-        if new is None:
-            consts = tuple(copy(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
-            new = copies[code] = code.replace(co_consts=consts)
-        return new
-
-    moved = 0
-    for obj in gc.get_objects():
-        if isinstance(obj, types.FunctionType) and obj.__code__ in ran:
-            obj.__code__ = copy(obj.__code__)
-            moved += 1
-    return moved
-
-
-# Objects that take up the free blocks of partly used pools (fill_pools); never used, never freed.
-_FILLERS: list[object] = []
-FILL_ROUNDS = 3
-
-
-def fill_pools() -> int:
-    """Take up the free blocks of pymalloc's partly used pools; return how many are left.
-
-    A forked shim allocates from those pools first, and they are scattered over
-    the whole heap: each new object then copies a page of its own. Once they
-    are full, the shim's objects go to fresh pools, packed. The fillers cost
-    this process the free blocks' size (~0.5 MiB), shared by every shim.
-    Without pymalloc (``PYTHONMALLOC=malloc``) there is nothing to do.
-    """
-    left = free_blocks()
-    for _ in range(FILL_ROUNDS):
-        if not left:
-            break
-        for size, count in left.items():
-            _FILLERS.extend(_filler(size) for _ in range(count))
-        left = free_blocks()
-    return sum(left.values())
-
-
-def _filler(size: int) -> object:
-    """An object that takes exactly one block of pymalloc's size class ``size``."""
-    if size <= 16:
-        return object()  # a bare object: 16 bytes
-    if size <= 32:
-        return float(len(_FILLERS)) + 0.5  # 24 bytes (a new object, not a cached constant)
-    return bytes(size - 33)  # a bytes object is 33 bytes plus its length
-
-
-def free_blocks() -> dict[int, int]:
-    """Size class -> free blocks in partly used pools, from ``sys._debugmallocstats`` (CPython)."""
-    stats = getattr(sys, "_debugmallocstats", None)
-    if stats is None:
-        return {}
-    # It prints to the C stderr: catch fd 2 in a memfd for the call.
-    capture = os.memfd_create("mallocstats", os.MFD_CLOEXEC)
-    saved = os.dup(2)
-    try:
-        os.dup2(capture, 2)
-        try:
-            stats()
-        finally:
-            os.dup2(saved, 2)
-        os.lseek(capture, 0, os.SEEK_SET)
-        with os.fdopen(os.dup(capture), "rb") as f:
-            text = f.read().decode(errors="replace")
-    finally:
-        os.close(saved)
-        os.close(capture)
-    free: dict[int, int] = {}
-    for line in text.splitlines():
-        # "class   size   num pools   blocks in use  avail blocks"
-        fields = line.split()
-        if len(fields) == 5 and all(f.isdigit() for f in fields) and int(fields[4]):
-            free[int(fields[1])] = int(fields[4])
-    return free
 
 
 if __name__ == "__main__":

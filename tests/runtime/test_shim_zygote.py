@@ -25,12 +25,12 @@ def test_fill_pools_takes_up_the_free_blocks_of_used_pools() -> None:
     answer = python(
         """
         import json
-        from wharfd.runtime.shim import zygote
+        from wharfd.runtime.shim import sharing
         # Holes: every other object of a run of small ones freed.
         kept = [bytes(15) + bytes([i % 251]) for i in range(20000)][::2]
-        before = sum(zygote.free_blocks().values())
-        left = zygote.fill_pools()
-        print(json.dumps({"before": before, "left": left, "fillers": len(zygote._FILLERS)}))
+        before = sum(sharing.free_blocks().values())
+        left = sharing.fill_pools()
+        print(json.dumps({"before": before, "left": left, "fillers": len(sharing._FILLERS)}))
         """
     )
     assert isinstance(answer["before"], int) and answer["before"] > 10000
@@ -42,7 +42,7 @@ def test_relocate_hot_code_packs_the_code_that_ran_and_keeps_it_working() -> Non
     answer = python(
         """
         import json
-        from wharfd.runtime.shim import zygote
+        from wharfd.runtime.shim import sharing
         source = "".join(
             f"def f{i}(x):\\n    y = [x + k for k in range({i % 7 + 1})]\\n"
             f"    return sum(y) + {i} + len('{'-' * (i % 90)}')\\n"
@@ -55,7 +55,7 @@ def test_relocate_hot_code_packs_the_code_that_ran_and_keeps_it_working() -> Non
         cold = scope["f1"]
         before = {f: f.__code__ for f in hot + [cold]}
         expected = [f(1) if f is not scope["outer"] else f() for f in hot]
-        moved = zygote.relocate_hot_code(lambda: [f(1) if f is not scope["outer"] else f() for f in hot])
+        moved = sharing.relocate_hot_code(lambda: [f(1) if f is not scope["outer"] else f() for f in hot])
         pages = lambda codes: len({id(c) // 4096 for c in codes})
         print(json.dumps({
             "moved": moved,
