@@ -5,17 +5,20 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
-import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from e2e.daemon import BIN, Daemon
+from wharfd.api.services.content.v1 import content_pb2, content_pb2_grpc
 from wharfd.api.services.diff.v1 import diff_pb2, diff_pb2_grpc
+from wharfd.api.services.snapshots.v1 import snapshots_pb2, snapshots_pb2_grpc
 
 CTR = shutil.which("ctr")
 
@@ -68,18 +71,7 @@ def test_native_snapshotter_by_flag_and_env(daemon: Daemon) -> None:
     assert unknown.returncode == 1 and "nope" in unknown.stderr
 
 
-def _diff_served(daemon: Daemon) -> bool:
-    with daemon.channel() as channel:
-        try:
-            diff_pb2_grpc.DiffStub(channel).Diff(diff_pb2.DiffRequest(), timeout=10)
-        except grpc.RpcError as exc:
-            return exc.code() != grpc.StatusCode.UNIMPLEMENTED
-    return True
-
-
 def test_diff(daemon: Daemon) -> None:
-    if not _diff_served(daemon):
-        pytest.skip("the daemon does not serve containerd.services.diff.v1.Diff yet (UNIMPLEMENTED)")
     daemon.wharf("snapshots", "prepare", "base-work")
     daemon.wharf("snapshots", "commit", "base", "base-work")
     mounts = json.loads(daemon.wharf("snapshots", "prepare", "--mounts", "top", "base").stdout)
@@ -106,3 +98,34 @@ def test_stock_ctr_reads_the_same(daemon: Daemon) -> None:
     daemon.wharf("snapshots", "label", "c", "b=2", "a=1")
     for command in (["ls"], ["info", "c"], ["info", "child"], ["tree"], ["usage"], ["usage", "-b", "child"]):
         assert daemon.wharf("snapshots", *command).stdout == ctr(daemon, "snapshots", *command), command
+
+
+def test_diff_clamps_times_to_the_source_date_epoch(daemon: Daemon) -> None:
+    epoch, old = 1_600_000_000, 1_500_000_000
+    daemon.wharf("snapshots", "prepare", "epoch-base-work")
+    daemon.wharf("snapshots", "commit", "epoch-base", "epoch-base-work")
+    mounts = json.loads(daemon.wharf("snapshots", "prepare", "--mounts", "epoch-top", "epoch-base").stdout)
+    upper = next(o.split("=", 1)[1] for o in mounts[0]["Options"] if o.startswith("upperdir="))
+    Path(upper, "new.txt").write_text("now\n")
+    Path(upper, "old.txt").write_text("then\n")
+    os.utime(Path(upper, "old.txt"), (old, old))
+    md = (("containerd-namespace", "default"),)
+    with daemon.channel() as channel:
+        snapshots = snapshots_pb2_grpc.SnapshotsStub(channel)
+        left = snapshots.View(
+            snapshots_pb2.ViewSnapshotRequest(snapshotter="overlayfs", key="epoch-left", parent="epoch-base"),
+            metadata=md,
+            timeout=30,
+        ).mounts
+        right = snapshots.Mounts(
+            snapshots_pb2.MountsRequest(snapshotter="overlayfs", key="epoch-top"), metadata=md, timeout=30
+        ).mounts
+        request = diff_pb2.DiffRequest(left=left, right=right, source_date_epoch=Timestamp(seconds=epoch))
+        made = diff_pb2_grpc.DiffStub(channel).Diff(request, metadata=md, timeout=60).diff
+        chunks = content_pb2_grpc.ContentStub(channel).Read(
+            content_pb2.ReadContentRequest(digest=made.digest), metadata=md, timeout=60
+        )
+        blob = b"".join(chunk.data for chunk in chunks)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as layer:
+        times = {m.name: m.mtime for m in layer.getmembers()}
+    assert times == {"new.txt": epoch, "old.txt": old}

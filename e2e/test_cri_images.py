@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from e2e.daemon import Daemon, running
-from tests.support.images import Image, build_image, build_layer, busybox_files, push_image
+from tests.support.images import File, Image, build_image, build_layer, busybox_files, push_image
 from tests.support.registry import RegistryServer, run_registry
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
@@ -78,6 +78,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         _push(open_registry, "e2e/busybox:1", busybox)
         _push(open_registry, "e2e/pause:3", pause)
         _push(locked_registry, "e2e/private:1", busybox, auth.Credentials(USER, PASSWORD))
+        # Big enough that concurrent pulls of it overlap (test_concurrent_pulls_share_only_with_their_credentials).
+        shared = build_image(
+            [build_layer([File("blob.bin", os.urandom(16 << 20))])], platform=platforms.host()
+        )
+        _push(locked_registry, "e2e/shared:1", shared, auth.Credentials(USER, PASSWORD))
         certs = base / "certs.d"
         _hosts(certs, OPEN, open_registry)
         _hosts(certs, LOCKED, locked_registry)
@@ -183,6 +188,23 @@ def test_pull_with_basic_auth(env: Env) -> None:
         assert pull(stub, ref, username=USER, password=PASSWORD) == env.busybox.config_desc.digest
         encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
         assert pull(stub, ref, auth=encoded) == env.busybox.config_desc.digest
+
+
+def test_concurrent_pulls_share_only_with_their_credentials(env: Env) -> None:
+    # A pull with wrong or no credentials started while an authorised pull of the same image is
+    # downloading must not ride on that download: it is refused as if alone.
+    ref = f"{LOCKED}/e2e/shared:1"
+    ch, stub = images_stub(env)
+    with ch, ThreadPoolExecutor(3) as pool:
+        good = pool.submit(pull, stub, ref, username=USER, password=PASSWORD)
+        bad = [
+            pool.submit(pull, stub, ref, **fields) for fields in ({}, {"username": USER, "password": "wrong"})
+        ]
+        for attempt in bad:
+            with pytest.raises(grpc.RpcError) as info:
+                attempt.result()
+            assert info.value.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)
+        assert good.result().startswith("sha256:")
 
 
 def test_bad_and_missing_references(env: Env) -> None:
