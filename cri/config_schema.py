@@ -173,7 +173,9 @@ def default_tree() -> dict[str, Any]:
             },
             NATIVE: {"root_path": ""},
             METADATA: {"content_sharing_policy": "shared"},
-            TASK_RUNTIME: {"platforms": [HOST_PLATFORM], "sched_core": False},
+            # merge_shim_memory (wharfd): turn on the kernel's same-page merging (ksmd) for the
+            # shims' copied pages (runtime/tasks/memory_merge.py).
+            TASK_RUNTIME: {"platforms": [HOST_PLATFORM], "sched_core": False, "merge_shim_memory": True},
             TASKS_SERVICE: {"blockio_config_file": "", "rdt_config_file": ""},
             CGROUPS_MONITOR: {"no_prometheus": False},
             OTLP: {"endpoint": "", "protocol": "http/protobuf", "insecure": False},

@@ -393,3 +393,16 @@ def leftovers(base: Path, ns: str) -> list[str]:
         if (hierarchy / ns).is_dir():
             found += [f"cgroup {child}" for child in (hierarchy / ns).iterdir() if child.is_dir()]
     return found
+
+
+@contextlib.contextmanager
+def started_rig() -> Iterator[TaskRig]:
+    """A started :class:`TaskRig`, cleaned up afterwards; fails if the daemon left mounts or cgroups."""
+    rig = TaskRig()
+    try:
+        rig.start()
+        yield rig
+        found = leftovers(rig.base, rig.ns)  # what the daemon itself failed to clean up
+    finally:
+        rig.cleanup()
+    assert not found, found

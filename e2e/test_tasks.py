@@ -32,6 +32,7 @@ from e2e.task_support import (
     TaskRig,
     leftovers,
     shim_pids,
+    started_rig,
 )
 from wharfd.api.events import task_pb2 as ev
 from wharfd.api.services.events.v1 import events_pb2, events_pb2_grpc
@@ -83,14 +84,8 @@ def _our_shim_gaps(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 def rig() -> Iterator[TaskRig]:
-    r = TaskRig()
-    try:
-        r.start()
+    with started_rig() as r:
         yield r
-        found = leftovers(r.base, r.ns)  # what the daemon itself failed to clean up
-    finally:
-        r.cleanup()
-    assert not found, found
 
 
 class Events:

@@ -37,8 +37,8 @@ from e2e.task_support import (
     STOCK,
     STOCK_SHIM,
     TaskRig,
-    leftovers,
     populate_busybox,
+    started_rig,
     zygote_pids,
 )
 from wharfd.api.services.images.v1 import images_pb2 as ipb
@@ -79,15 +79,9 @@ def shim(request: pytest.FixtureRequest) -> Shim:
 
 @pytest.fixture
 def rig() -> Iterator[TaskRig]:
-    r = TaskRig()
-    try:
-        r.start()
+    with started_rig() as r:
         add_image(r, IMAGE)
         yield r
-        found = leftovers(r.base, r.ns)
-    finally:
-        r.cleanup()
-    assert not found, found
 
 
 def add_image(rig: TaskRig, name: str) -> None:

@@ -8,10 +8,17 @@ steps make fewer, denser such pages (docs/benchmarks.md, shim memory):
   their code objects, side by side;
 * :func:`fill_pools` takes up the free blocks of pymalloc's partly used pools,
   so a shim's new objects land in fresh pools instead of scattered old ones.
+
+What is copied all the same is mostly copied *unchanged*: a call raises a
+reference count and lowers it again when it returns. :func:`mark_mergeable`
+lets the kernel find those pages again (KSM, when ``ksmd`` runs: the daemon
+turns it on, runtime/tasks/memory_merge.py) and share them back between the
+zygote and its shims.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import sys
@@ -118,3 +125,38 @@ def free_blocks() -> dict[int, int]:
         if len(fields) == 5 and all(f.isdigit() for f in fields) and int(fields[4]):
             free[int(fields[1])] = int(fields[4])
     return free
+
+
+MADV_MERGEABLE = 12
+MERGE_ENV = "WHARF_SHIM_MERGE"  # "0": leave the zygote's pages unmarked (to measure without KSM)
+# Special mappings the kernel refuses (or that never hold copied pages): vdso, vvar, vsyscall.
+_UNMERGEABLE = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]", "[uprobes]")
+
+
+def mark_mergeable(maps: str = "/proc/self/maps") -> int:
+    """Mark this process's private writable mappings for KSM; return how many bytes were marked.
+
+    Only pages that are private and writable can be copied on write, so only
+    those are marked (anonymous memory, the heap, shared objects' data). A
+    child inherits the marks with the mappings at fork; ``execve`` drops them,
+    so runc and the containers a shim starts are never merged. Mappings made
+    after this call (a shim's own new arenas) stay unmarked: their contents are
+    its own. Without KSM in the kernel every call fails and nothing is marked.
+    """
+    if os.environ.get(MERGE_ENV) == "0":
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    marked = 0
+    with open(maps, "rb") as f:
+        lines = f.read().decode(errors="replace").splitlines()
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        perms = fields[1]
+        name = fields[5] if len(fields) > 5 else ""
+        if perms[1] != "w" or perms[3] != "p" or name in _UNMERGEABLE:
+            continue
+        start, end = (int(edge, 16) for edge in fields[0].split("-"))
+        if libc.madvise(start, end - start, MADV_MERGEABLE) == 0:
+            marked += end - start
+    return marked

@@ -44,7 +44,7 @@ from wharfd.api.types import mount_pb2
 from wharfd.api.types.task import task_pb2
 from wharfd.runtime import errors, namespaces, plugin
 from wharfd.runtime.events import Exchange
-from wharfd.runtime.tasks import shim
+from wharfd.runtime.tasks import memory_merge, shim
 from wharfd.runtime.tasks.bundle import (
     SANDBOX_FILE,
     SHIM_BINARY_FILE,
@@ -415,6 +415,8 @@ async def _init(ctx: plugin.InitContext) -> TaskManager:
     )
     ctx.state.mkdir(parents=True, exist_ok=True, mode=0o711)
     ctx.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    if ctx.plugin_config.get("merge_shim_memory", True):
+        memory_merge.enable_ksmd()
     await manager.start()
     return manager
 
