@@ -12,7 +12,9 @@ Through the real daemon and socket with a real CNI bridge, registry and runc
   ListContainers (kubelet's relist) with ``--density`` pods running;
 * StopContainer, StopPodSandbox, RemoveContainer, RemovePodSandbox while tearing down;
 * memory from /proc/<pid>/smaps_rollup: the daemon's RSS idle (just started)
-  and with ``--density`` pods, and each pod's shim RSS/PSS.
+  and with ``--density`` pods, and each pod's shim RSS/PSS (ours also once
+  ksmd has merged their copied pages, bench/ksm.py: it takes a minute or two
+  at the kernel's scan rate).
 
 Baselines measured in the same run: the Version RPC (the socket's round trip)
 and ``runc run`` of busybox ``true`` (the runtime's own floor).
@@ -47,11 +49,15 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.ksm import ksm_running, ksm_settings, ksmd_cpu_seconds, wait_for_merging_blocking
 from e2e.cri_support import BUSYBOX_REF, CNI_BIN, PAUSE_REF, REGISTRY, RUNC, TIMEOUT, CriRig
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 
 # containerd 2.x on a comparable node, from the issue this work answers (milliseconds / MiB).
+# The longest wait for ksmd to reach a steady state over the pods' shims (bench/ksm.py).
+MERGE_WAIT = 300.0
+
 QUOTED = {
     "RunPodSandbox": 131.0,
     "CreateContainer": 17.0,
@@ -105,6 +111,8 @@ class Target:
     timer: Timer = field(default_factory=Timer)
     memory: dict[str, tuple[float, float]] = field(default_factory=dict)
     shims: list[tuple[float, float]] = field(default_factory=list)
+    merged_shims: list[tuple[float, float]] = field(default_factory=list)  # once ksmd has merged (ours)
+    merge: str = ""  # how long merging took and what ksmd cost
     load: float = 0.0
 
 
@@ -178,7 +186,19 @@ def run_sequence(rig: CriRig, target: Target, pods_n: int, density: int) -> None
             ),
         )
     target.memory["pods"] = memory(target.pid)
-    target.shims = [memory(shim_of(target, pod_id)) for pod_id, _ in pods]
+    shim_pids = [shim_of(target, pod_id) for pod_id, _ in pods]
+    target.shims = [memory(pid) for pid in shim_pids]
+    # Our shims' copied pages are merged by ksmd (runtime/tasks/memory_merge.py) at the kernel's pace:
+    # their PSS again once it is steady. The stock shim marks nothing mergeable.
+    if target.name.startswith("wharfd") and ksm_running():
+        began, cpu = time.monotonic(), ksmd_cpu_seconds()
+        scans = wait_for_merging_blocking(MERGE_WAIT)
+        waited = time.monotonic() - began
+        target.merged_shims = [memory(pid) for pid in shim_pids]
+        target.merge = (
+            f"{waited:.0f} s, {scans} full scans of ksmd, which used "
+            f"{(ksmd_cpu_seconds() - cpu) / waited * 100:.1f}% of a core meanwhile"
+        )
     for pod in pods:
         stop_pod(target, timer, *pod)
 
@@ -338,6 +358,13 @@ def report(wharfd: Target, reference: Target | None, runc: list[float]) -> None:
     print(f"| daemon RSS (PSS) idle | {idle} |")
     print(f"| daemon RSS (PSS) with {len(wharfd.shims)} pods | {busy} |")
     print(f"| shim RSS / PSS per pod | {shim} |")
+    if wharfd.merged_shims:
+        merged = wharfd.merged_shims
+        print(
+            f"| shim RSS / PSS per pod once ksmd is steady | {statistics.mean(s[0] for s in merged):.1f} / "
+            f"{statistics.mean(s[1] for s in merged):.1f} |" + " - |" * (len(targets) - 1)
+        )
+        print(f"\nksmd ({ksm_settings()}): steady after {wharfd.merge}")
     if reference is None:
         print(
             f"\ncontainerd as quoted: daemon RSS idle {QUOTED['daemon RSS idle']:g}, with pods "

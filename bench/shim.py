@@ -44,11 +44,13 @@ from pathlib import Path
 
 from google.protobuf import any_pb2, empty_pb2
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ksm import enable_ksmd, ksm_running, ksm_settings, ksmd_cpu_seconds, wait_for_merging
 from wharfd.api.runtime.bootstrap.v1 import bootstrap_pb2
 from wharfd.api.runtime.task.v3 import shim_pb2 as api
 from wharfd.api.types import mount_pb2
 from wharfd.api.types.runc.options import oci_pb2
-from wharfd.runtime.tasks import memory_merge
 from wharfd.runtime.ttrpc.client import TtrpcClient
 from wharfd.runtime.ttrpc.server import TtrpcServer
 
@@ -253,54 +255,6 @@ class Bench:
                 os.kill(pid, signal.SIGKILL)
 
 
-async def wait_for_merging(limit: float) -> int:
-    """Wait until a full scan of ksmd adds under 1% to the pages it shares (or ``limit`` s); return the scans."""
-    began, start = time.monotonic(), ksm_counter("full_scans")
-    last_scan, last_sharing = start, ksm_counter("pages_sharing")
-    while time.monotonic() - began < limit:
-        await asyncio.sleep(1.0)
-        scan = ksm_counter("full_scans")
-        if scan == last_scan:
-            continue
-        sharing = ksm_counter("pages_sharing")
-        # Two scans at least: the first only notes which pages stay unchanged, the second merges.
-        if scan - start >= 2 and sharing - last_sharing < max(last_sharing // 100, 1):
-            break
-        last_scan, last_sharing = scan, sharing
-    return ksm_counter("full_scans") - start
-
-
-def ksm_running() -> bool:
-    """Whether ksmd is on (it merges only memory marked mergeable: our zygote's)."""
-    return ksm_counter("run") == 1
-
-
-def ksm_counter(name: str) -> int:
-    try:
-        return int((memory_merge.KSM_DIR / name).read_text())
-    except (OSError, ValueError):
-        return -1
-
-
-def ksm_settings() -> str:
-    names = ("run", "pages_to_scan", "sleep_millisecs", "smart_scan", "advisor_mode")
-    values = {}
-    for name in names:
-        with contextlib.suppress(OSError):
-            values[name] = (memory_merge.KSM_DIR / name).read_text().strip()
-    return ", ".join(f"{k}={v}" for k, v in values.items()) or "unavailable"
-
-
-def ksmd_cpu_seconds() -> float:
-    """CPU time of the kernel's ksmd thread so far (0 if not found)."""
-    for comm in Path("/proc").glob("[0-9]*/comm"):
-        with contextlib.suppress(OSError):
-            if comm.read_text().strip() == "ksmd":
-                fields = (comm.parent / "stat").read_text().rsplit(")", 1)[1].split()
-                return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return 0.0
-
-
 def zygote_pid(socket_dir: Path) -> int:
     for path in socket_dir.glob("wharf-zygote-*.sock"):
         with socket.socket(socket.AF_UNIX) as sock, contextlib.suppress(OSError):
@@ -353,7 +307,7 @@ async def main() -> None:
     )
     args = parser.parse_args()
     if args.ksm == "daemon":
-        memory_merge.enable_ksmd()
+        enable_ksmd()
     root = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
     events = TtrpcServer()
     events.register("containerd.services.events.ttrpc.v1.Events", "Forward", _forward)
