@@ -147,7 +147,14 @@ class CniManager:
         if first is not None:
             raise first
 
-    async def check(self, container_id: str, netns: str, args: Sequence[tuple[str, str]] = ()) -> None:
-        """CHECK every network's attachment of the container."""
+    async def check(
+        self,
+        container_id: str,
+        netns: str,
+        args: Sequence[tuple[str, str]] = (),
+        capability_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        """CHECK every network's attachment of the container (with ADD's arguments, as the spec asks)."""
         for index, network in enumerate(await self.networks()):
-            await network.check(Attachment(container_id, netns, f"eth{index}", tuple(args)))
+            att = Attachment(container_id, netns, f"eth{index}", tuple(args), dict(capability_args or {}))
+            await network.check(att)

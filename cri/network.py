@@ -234,6 +234,13 @@ async def teardown(manager: CniManager, sandbox_id: str, netns: str, config: cri
     )
 
 
+async def check(manager: CniManager, sandbox_id: str, netns: str, config: cri.PodSandboxConfig) -> None:
+    """CNI CHECK of a pod's attachments (loopback and every network); the first failure is raised."""
+    args = tuple(cni_args(sandbox_id, config))
+    lo = cninet.Attachment(sandbox_id, netns, LOOPBACK_IFNAME, args)
+    await both(manager.check(sandbox_id, netns, args, capability_args(config)), loopback(manager).check(lo))
+
+
 def result_summary(attached: Sequence[Attached]) -> dict[str, Any]:
     """The CNI results by interface, kept with the pod for PodSandboxStatus's verbose ``cniResult``."""
     return {

@@ -300,6 +300,8 @@ class Sandbox(_Tracked[SandboxStatus]):
         self.stopped = asyncio.Event()
         if status.exited_at or status.sandbox_state is not SandboxState.READY:
             self.stopped.set()
+        # The CNI CHECK after a daemon restart (cri/recovery.py): "" not run, "ok", or the failure.
+        self.network_check = ""
         # The parts of its CRI messages that never change, built on first use (wharfd.cri.sandbox_*).
         self.list_base: cri.PodSandbox | None = None
         self.status_base: cri.PodSandboxStatus | None = None

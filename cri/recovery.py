@@ -11,6 +11,13 @@ namespace k8s.io: a pause task's exit makes its pod NOTREADY, a container's
 exit records finished_at and the exit code (reason OOMKilled after an OOM
 event). Both delete the dead task so the shim forgets it. At start it first
 replays the exits of tasks that stopped while the daemon was down.
+
+:func:`check_networks` then runs, in the background, a CNI CHECK of every
+pod recovered ready with a network namespace: whether the plugins still find
+the attachments ADD made (an interface deleted, an address lost while the
+daemon was away). A failure is logged and shown in PodSandboxStatus's verbose
+``networkCheck``; the pod is left as it is (kubelet decides what a broken pod
+needs, as it would with containerd, which does not check at all).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import TypeVar
 
 from wharfd.api.events import task_pb2 as events_pb2
 from wharfd.api.types.task import task_pb2
+from wharfd.cri import network
 from wharfd.cri.records import (
     CONTAINER_METADATA_EXT,
     KIND_CONTAINER,
@@ -36,6 +44,7 @@ from wharfd.cri.records import (
     UNKNOWN_EXIT_REASON,
     ContainerMetadata,
     ContainerStatus,
+    Sandbox,
     SandboxMetadata,
     SandboxState,
     SandboxStatus,
@@ -78,6 +87,37 @@ async def recover(state: CriState) -> None:
 
 
 _ALIVE = (task_pb2.RUNNING, task_pb2.PAUSED, task_pb2.PAUSING)
+# Pods checked at once after a restart (each CHECK runs every plugin of the chain).
+CHECK_CONCURRENCY = 4
+
+
+async def check_networks(state: CriState) -> None:
+    """CNI CHECK of every ready pod with a network namespace (after :func:`recover`); see the module doc."""
+    if state.cni is None:
+        return
+    pods = [
+        s
+        for s in state.sandboxes.list()
+        if s.status.sandbox_state is SandboxState.READY
+        and s.metadata.netns_path
+        and not s.status.netns_closed
+    ]
+    limit = asyncio.Semaphore(CHECK_CONCURRENCY)
+
+    async def check(sandbox: Sandbox) -> None:
+        async with limit:
+            meta = sandbox.metadata
+            try:
+                await network.check(state.cni, sandbox.id, meta.netns_path, meta.config)
+            except errors.WharfError as exc:
+                sandbox.network_check = f"failed: {exc}"
+                log.warning("pod %s (%s): CNI CHECK after restart failed: %s", meta.name, sandbox.id, exc)
+            else:
+                sandbox.network_check = "ok"
+
+    async with asyncio.TaskGroup() as group:
+        for sandbox in pods:
+            group.create_task(check(sandbox))
 
 
 async def _task_state(state: CriState, id: str) -> tuple[int, int, int] | None:

@@ -122,6 +122,8 @@ async def verbose_info(state: CriState, sandbox: Sandbox) -> dict[str, Any]:
         "runtimeSpec": runtime_spec,
         "cniResult": meta.cni_result,
     }
+    if sandbox.network_check:
+        info["networkCheck"] = sandbox.network_check  # wharfd: CNI CHECK after a daemon restart
     for key, encoded in (("overhead", status.overhead), ("resources", status.resources)):
         value = _resources(encoded)
         if value is not None:

@@ -9,7 +9,9 @@ optional ones and the later work fills the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -45,7 +47,7 @@ from wharfd.cri.image_fs_info import SnapshotUsage
 from wharfd.cri.image_pull import ImagePuller
 from wharfd.cri.images import Catalog, ImageConfig
 from wharfd.cri.observe import Observability
-from wharfd.cri.recovery import ExitMonitor, recover
+from wharfd.cri.recovery import ExitMonitor, check_networks, recover
 from wharfd.cri.store import CriState
 from wharfd.runtime import errors, namespaces, plugin, version
 from wharfd.runtime.metadata.containers import ContainerStore
@@ -53,6 +55,8 @@ from wharfd.runtime.services import boundary
 
 cri_unary = functools.partial(boundary.unary, namespace=namespaces.K8S)
 cri_stream = functools.partial(boundary.stream, namespace=namespaces.K8S)
+
+log = logging.getLogger("wharfd.cri")
 
 
 class RuntimeService(cri_grpc.RuntimeServiceServicer):
@@ -359,11 +363,16 @@ class CriPlugin:
     """The CRI plugin: registers both CRI services on the daemon's gRPC server."""
 
     def __init__(
-        self, runtime: RuntimeService, images: ImageService, monitor: ExitMonitor | None = None
+        self,
+        runtime: RuntimeService,
+        images: ImageService,
+        monitor: ExitMonitor | None = None,
+        network_check: asyncio.Task[None] | None = None,
     ) -> None:
         self.runtime = runtime
         self.images = images
         self.monitor = monitor
+        self.network_check = network_check  # the CNI CHECK of recovered pods (recovery.check_networks)
 
     @property
     def state(self) -> CriState:
@@ -443,10 +452,22 @@ async def _init(ctx: plugin.InitContext) -> CriPlugin:
     runtime = RuntimeService(state)
     roots = {p.registration.id: p.exports.get("root", "") for p in ctx.plugins.started(plugin.SNAPSHOTTER)}
     runtime.observe = await Observability.create(state, images.usage, roots)
-    return CriPlugin(runtime, images, monitor)
+    check = asyncio.get_running_loop().create_task(_check_networks(state), name="cri-network-check")
+    return CriPlugin(runtime, images, monitor, check)
+
+
+async def _check_networks(state: CriState) -> None:
+    try:
+        await check_networks(state)
+    except Exception:  # a check is advice: nothing else waits for it
+        log.exception("CNI CHECK of the recovered pods")
 
 
 async def _close(instance: CriPlugin) -> None:
+    if instance.network_check is not None:
+        instance.network_check.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await instance.network_check
     if instance.runtime.observe is not None:
         await instance.runtime.observe.close()
     if instance.monitor is not None:

@@ -398,6 +398,36 @@ def test_daemon_sigkill_keeps_pods_and_addresses() -> None:
             _remove(rig, pod_id)
 
 
+def test_a_restart_checks_the_networks_of_running_pods() -> None:
+    with CriRig() as rig:
+        intact = rig.run_pod("intact")
+        broken = rig.run_pod("broken")
+        info = json.loads(rig.pod_status(broken, verbose=True).info["info"])
+        assert "networkCheck" not in info  # only a restart checks
+        netns = next(n["path"] for n in info["runtimeSpec"]["linux"]["namespaces"] if n["type"] == "network")
+        rig.crash()
+        # While the daemon is away the pod loses its interface.
+        subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "del", "eth0"], check=True)
+        rig.restart()
+
+        def checked(pod_id: str) -> str:
+            deadline = time.monotonic() + 30
+            while True:
+                found = json.loads(rig.pod_status(pod_id, verbose=True).info["info"]).get("networkCheck", "")
+                if found or time.monotonic() > deadline:
+                    return str(found)
+                time.sleep(0.1)
+
+        assert checked(intact) == "ok"
+        failure = checked(broken)
+        assert failure.startswith("failed: ") and "eth0" in failure, failure
+        # The pod is left to kubelet: still ready, and it stops and goes as any other.
+        assert rig.pod_status(broken).status.state == cri.SANDBOX_READY
+        for pod_id in (intact, broken):
+            _stop(rig, pod_id)
+            _remove(rig, pod_id)
+
+
 def test_offline_node_with_an_imported_pause_image() -> None:
     with CriRig(registry=False) as rig:
         archive = rig.base / "pause.tar"
