@@ -110,14 +110,13 @@ class CniManager:
         capability_args: Mapping[str, Any] | None = None,
     ) -> list[Attached]:
         """Attach to every network; on failure detach what was attached and re-raise."""
-        networks = await self.networks()
-        if not networks:
+        attachments = await self._attachments(container_id, netns, args, capability_args)
+        if not attachments:
             raise errors.FailedPrecondition(NOT_READY_MESSAGE)
         done: list[tuple[Network, Attachment]] = []
         attached: list[Attached] = []
         try:
-            for index, network in enumerate(networks):
-                att = Attachment(container_id, netns, f"eth{index}", tuple(args), dict(capability_args or {}))
+            for network, att in attachments:
                 result = await network.add(att)
                 done.append((network, att))
                 attached.append(Attached(network.name, att.ifname, result))
@@ -137,8 +136,7 @@ class CniManager:
     ) -> None:
         """Detach from every network (each is tried; the first error is raised at the end)."""
         first: BaseException | None = None
-        for index, network in reversed(list(enumerate(await self.networks()))):
-            att = Attachment(container_id, netns, f"eth{index}", tuple(args), dict(capability_args or {}))
+        for network, att in reversed(await self._attachments(container_id, netns, args, capability_args)):
             try:
                 await network.delete(att)
             except errors.WharfError as exc:
@@ -155,6 +153,21 @@ class CniManager:
         capability_args: Mapping[str, Any] | None = None,
     ) -> None:
         """CHECK every network's attachment of the container (with ADD's arguments, as the spec asks)."""
-        for index, network in enumerate(await self.networks()):
-            att = Attachment(container_id, netns, f"eth{index}", tuple(args), dict(capability_args or {}))
+        for network, att in await self._attachments(container_id, netns, args, capability_args):
             await network.check(att)
+
+    async def _attachments(
+        self,
+        container_id: str,
+        netns: str,
+        args: Sequence[tuple[str, str]],
+        capability_args: Mapping[str, Any] | None,
+    ) -> list[tuple[Network, Attachment]]:
+        """Each loaded network with the container's attachment to it (interface ``eth<index>``)."""
+        return [
+            (
+                network,
+                Attachment(container_id, netns, f"eth{index}", tuple(args), dict(capability_args or {})),
+            )
+            for index, network in enumerate(await self.networks())
+        ]
