@@ -79,9 +79,8 @@ from wharfd.runtime.images.pull import PLUGIN as PULL_PLUGIN
 from wharfd.runtime.images.pull import Puller
 from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.registry import HostsConfig, Resolver, Transport
-from wharfd.runtime.services import content as content_service
-from wharfd.runtime.services import diff as diff_service
-from wharfd.runtime.services import snapshots as snapshots_service
+from wharfd.runtime.services import differ
+from wharfd.runtime.services import plugins as api
 
 PY_SOURCES = ["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/doc"]
 BIG_FILES = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/bin/busybox"]
@@ -344,10 +343,10 @@ async def daemon(root: Path) -> AsyncIterator[plugin.PluginSet]:
     regs = [
         metadata_plugin.PLUGIN,
         events.PLUGIN,
-        content_service.STORE_PLUGIN,
-        snapshots_service.OVERLAYFS_PLUGIN,
+        api.CONTENT_STORE_PLUGIN,
+        api.OVERLAYFS_PLUGIN,
         gc.PLUGIN,
-        diff_service.DIFFER_PLUGIN,
+        differ.PLUGIN,
         PULL_PLUGIN,
     ]
     plugins = plugin.PluginSet(regs)

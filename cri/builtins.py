@@ -10,14 +10,8 @@ from wharfd.cri import service as cri_service
 from wharfd.runtime import events, gc, metrics, plugin
 from wharfd.runtime.images import pull
 from wharfd.runtime.metadata import plugin as metadata
-from wharfd.runtime.services import containers as containers_service
-from wharfd.runtime.services import content as content_service
-from wharfd.runtime.services import diff as diff_service
-from wharfd.runtime.services import events as events_service
-from wharfd.runtime.services import health, images, introspection, leases, namespaces, snapshots, version
-from wharfd.runtime.services import streaming as streaming_service
-from wharfd.runtime.services import tasks as tasks_service
-from wharfd.runtime.services import transfer as transfer_service
+from wharfd.runtime.services import differ, health
+from wharfd.runtime.services import plugins as api
 from wharfd.runtime.tasks import manager as task_manager
 
 
@@ -26,24 +20,28 @@ def registrations() -> tuple[plugin.Registration, ...]:
     return (
         metadata.PLUGIN,
         events.PLUGIN,
-        events_service.PLUGIN,
-        events_service.TTRPC_PLUGIN,
-        namespaces.PLUGIN,
-        images.PLUGIN,
-        containers_service.PLUGIN,
+        api.EVENTS_PLUGIN,
+        api.TTRPC_EVENTS_PLUGIN,
+        api.NAMESPACES_PLUGIN,
+        api.IMAGES_PLUGIN,
+        api.CONTAINERS_PLUGIN,
         task_manager.PLUGIN,
-        tasks_service.PLUGIN,
-        leases.PLUGIN,
-        content_service.STORE_PLUGIN,
-        content_service.PLUGIN,
+        api.TASKS_PLUGIN,
+        api.LEASES_PLUGIN,
+        api.CONTENT_STORE_PLUGIN,
+        api.CONTENT_PLUGIN,
         gc.PLUGIN,
-        *snapshots.PLUGINS,
-        *diff_service.PLUGINS,
+        api.OVERLAYFS_PLUGIN,
+        api.NATIVE_PLUGIN,
+        api.SNAPSHOTS_PLUGIN,
+        differ.PLUGIN,
+        api.DIFF_PLUGIN,
         pull.PLUGIN,
-        *streaming_service.PLUGINS,
-        transfer_service.PLUGIN,
-        introspection.PLUGIN,
-        version.PLUGIN,
+        api.STREAM_MANAGER_PLUGIN,
+        api.STREAMING_PLUGIN,
+        api.TRANSFER_PLUGIN,
+        api.INTROSPECTION_PLUGIN,
+        api.VERSION_PLUGIN,
         health.PLUGIN,
         cri_service.PLUGIN,
         metrics.PLUGIN,

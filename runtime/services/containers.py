@@ -17,7 +17,7 @@ from google.protobuf.message import Message
 from wharfd.api.events import container_pb2 as events_pb2
 from wharfd.api.services.containers.v1 import containers_pb2 as pb
 from wharfd.api.services.containers.v1 import containers_pb2_grpc as pb_grpc
-from wharfd.runtime import errors, plugin
+from wharfd.runtime import errors
 from wharfd.runtime.metadata.containers import Container, ContainerStore
 from wharfd.runtime.services import boundary
 from wharfd.runtime.services.convert import timestamp
@@ -144,14 +144,3 @@ class ContainersService(pb_grpc.ContainersServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_ContainersServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> ContainersService:
-    meta = ctx.get(plugin.METADATA)
-    gc = ctx.plugins.instances(plugin.GC).get("scheduler")
-    return ContainersService(ContainerStore(meta.db), ctx.get(plugin.EVENT).publish, gc)
-
-
-PLUGIN = plugin.Registration(
-    type=plugin.GRPC, id="containers", init=_init, requires=(plugin.METADATA, plugin.EVENT, plugin.GC)
-)

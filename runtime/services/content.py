@@ -20,20 +20,16 @@ rely on it:
   (containerd's own server counts from the requested offset instead).
 * ``List`` sends the matching blobs in batches of 100.
 
-Two registrations live here: :data:`STORE_PLUGIN` (``io.containerd.content.v1.content``,
-the :class:`~wharfd.runtime.content.local.LocalStore` under the plugin's root)
-and :data:`PLUGIN` (the gRPC service over it).
+The content store itself and this service's plugin are in
+:mod:`wharfd.runtime.services.plugins`; this module loads on the service's first call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -41,9 +37,8 @@ from google.protobuf import empty_pb2
 
 from wharfd.api.services.content.v1 import content_pb2 as pb
 from wharfd.api.services.content.v1 import content_pb2_grpc as pb_grpc
-from wharfd.runtime import errors, namespaces, plugin
+from wharfd.runtime import errors, namespaces
 from wharfd.runtime.content import store as content
-from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.services import boundary
 
 log = logging.getLogger("wharfd.content")
@@ -252,40 +247,3 @@ class ContentService(pb_grpc.ContentServicer):
 
 
 boundary.fill_unimplemented(ContentService, pb.DESCRIPTOR.services_by_name["Content"])
-
-
-def _publisher(ctx: plugin.InitContext) -> content.Publish | None:
-    # Events arrive with the events exchange; until it is loaded, nothing is published.
-    try:
-        exchange = ctx.get(plugin.EVENT)
-    except errors.WharfError:
-        return None
-    publish: content.Publish | None = getattr(exchange, "publish", None)
-    return publish
-
-
-def _clean_stale(root: Path) -> None:
-    # An abort renames an ingest to "<key>.<uuid>.tmp" before removing it; a crash can leave one.
-    ingest_root = root / "ingest"
-    if ingest_root.is_dir():
-        for stale in ingest_root.glob("*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-async def _init_store(ctx: plugin.InitContext) -> LocalStore:
-    metadata = ctx.get(plugin.METADATA)
-    policy = str(ctx.plugin_config.get("content_sharing_policy", "shared"))
-    await asyncio.to_thread(ctx.root.mkdir, parents=True, exist_ok=True)
-    await asyncio.to_thread(_clean_stale, ctx.root)
-    ctx.exports["root"] = str(ctx.root)
-    return LocalStore(ctx.root, metadata.db, policy=policy, publish=_publisher(ctx))
-
-
-async def _init_service(ctx: plugin.InitContext) -> ContentService:
-    return ContentService(ctx.get(plugin.CONTENT, "content"))
-
-
-STORE_PLUGIN = plugin.Registration(
-    type=plugin.CONTENT, id="content", init=_init_store, requires=(plugin.METADATA, plugin.EVENT)
-)
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="content", init=_init_service, requires=(plugin.CONTENT,))

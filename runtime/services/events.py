@@ -10,9 +10,8 @@ from google.protobuf import empty_pb2
 
 from wharfd.api.services.events.v1 import events_pb2 as pb
 from wharfd.api.services.events.v1 import events_pb2_grpc as pb_grpc
-from wharfd.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_pb
 from wharfd.api.types import event_pb2
-from wharfd.runtime import errors, namespaces, plugin
+from wharfd.runtime import errors, namespaces
 from wharfd.runtime.events import Exchange, validate_topic
 from wharfd.runtime.services import boundary
 
@@ -53,34 +52,3 @@ class EventsService(pb_grpc.EventsServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_EventsServicer_to_server(self, server)
-
-
-class TtrpcForward:
-    """``containerd.services.events.ttrpc.v1.Events/Forward`` on the daemon's ttrpc socket."""
-
-    def __init__(self, exchange: Exchange) -> None:
-        self._exchange = exchange
-
-    async def forward(self, payload: bytes, metadata: dict[str, list[str]]) -> bytes:
-        """Decode a ForwardRequest and re-publish its envelope."""
-        request = ttrpc_pb.ForwardRequest.FromString(payload)
-        if not request.HasField("envelope"):
-            raise errors.InvalidArgument("forward: envelope is required")
-        await self._exchange.forward(request.envelope)
-        return b""  # google.protobuf.Empty
-
-    def register(self, server: Any) -> None:
-        """Add the Forward method to a TtrpcServer."""
-        server.register(TTRPC_SERVICE, "Forward", self.forward)
-
-
-async def _init_grpc(ctx: plugin.InitContext) -> EventsService:
-    return EventsService(ctx.get(plugin.EVENT))
-
-
-async def _init_ttrpc(ctx: plugin.InitContext) -> TtrpcForward:
-    return TtrpcForward(ctx.get(plugin.EVENT))
-
-
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="events", init=_init_grpc, requires=(plugin.EVENT,))
-TTRPC_PLUGIN = plugin.Registration(type=plugin.TTRPC, id="events", init=_init_ttrpc, requires=(plugin.EVENT,))

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 from wharfd.api.events import image_pb2 as events_pb2
 from wharfd.api.services.images.v1 import images_pb2 as pb
 from wharfd.api.services.images.v1 import images_pb2_grpc as pb_grpc
-from wharfd.runtime import errors, plugin
+from wharfd.runtime import errors
 from wharfd.runtime.metadata.images import Image, ImageStore
 from wharfd.runtime.services import boundary
 from wharfd.runtime.services.convert import descriptor_from_proto, descriptor_to_proto, timestamp
@@ -101,14 +101,3 @@ class ImagesService(pb_grpc.ImagesServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_ImagesServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> ImagesService:
-    meta = ctx.get(plugin.METADATA)
-    gc = ctx.plugins.instances(plugin.GC).get("scheduler")
-    return ImagesService(meta.images, ctx.get(plugin.EVENT).publish, gc)
-
-
-PLUGIN = plugin.Registration(
-    type=plugin.GRPC, id="images", init=_init, requires=(plugin.METADATA, plugin.EVENT, plugin.GC)
-)

@@ -9,8 +9,6 @@ the same across restarts (kept under the plugin's root) and the daemon's pid.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -24,33 +22,6 @@ from wharfd.runtime import errors, filters, plugin
 from wharfd.runtime.services import boundary
 
 # The canonical text form; the uuid module (~0.3 MiB) is not needed for one random id.
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def random_uuid() -> str:
-    """A random (version 4, RFC 4122 variant) uuid in its canonical text form."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def load_uuid(root: Path) -> str:
-    """Return this installation's uuid, creating it on first start (atomically)."""
-    path = root / "uuid"
-    try:
-        found = path.read_text().strip().lower()
-    except FileNotFoundError:
-        found = ""
-    if _UUID.fullmatch(found):
-        return found
-    root.mkdir(parents=True, exist_ok=True)
-    value = random_uuid()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(value + "\n")
-    os.replace(tmp, path)
-    return value
 
 
 def _pidns() -> int:
@@ -141,10 +112,3 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add this servicer to a gRPC server."""
         pb_grpc.add_IntrospectionServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> IntrospectionService:
-    return IntrospectionService(ctx.plugins, load_uuid(ctx.root))
-
-
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="introspection", init=_init)

@@ -9,7 +9,6 @@ from google.protobuf import empty_pb2
 
 from wharfd.api.services.leases.v1 import leases_pb2 as pb
 from wharfd.api.services.leases.v1 import leases_pb2_grpc as pb_grpc
-from wharfd.runtime import plugin
 from wharfd.runtime.metadata.leases import Lease, LeaseStore, Resource
 from wharfd.runtime.services import boundary
 from wharfd.runtime.services.convert import timestamp
@@ -67,11 +66,3 @@ class LeasesService(pb_grpc.LeasesServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_LeasesServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> LeasesService:
-    gc = ctx.plugins.instances(plugin.GC).get("scheduler")
-    return LeasesService(ctx.get(plugin.METADATA).leases, gc)
-
-
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="leases", init=_init, requires=(plugin.METADATA, plugin.GC))

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from wharfd.api.events import namespace_pb2 as events_pb2
 from wharfd.api.services.namespaces.v1 import namespace_pb2 as pb
 from wharfd.api.services.namespaces.v1 import namespace_pb2_grpc as pb_grpc
-from wharfd.runtime import namespaces, plugin
+from wharfd.runtime import namespaces
 from wharfd.runtime.metadata.namespaces import Namespace, NamespaceStore
 from wharfd.runtime.services import boundary
 
@@ -119,13 +119,3 @@ class NamespacesPlugin:
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_NamespacesServicer_to_server(self.service, server)
-
-
-async def _init(ctx: plugin.InitContext) -> NamespacesPlugin:
-    exchange = ctx.get(plugin.EVENT)
-    return NamespacesPlugin(ctx.get(plugin.METADATA).namespaces, exchange.publish)
-
-
-PLUGIN = plugin.Registration(
-    type=plugin.GRPC, id="namespaces", init=_init, requires=(plugin.METADATA, plugin.EVENT)
-)

@@ -1,4 +1,4 @@
-"""``containerd.services.snapshots.v1.Snapshots`` and the snapshotter plugins behind it.
+"""``containerd.services.snapshots.v1.Snapshots`` over the snapshotter plugins.
 
 Every request names its snapshotter (``overlayfs``, ``native``): an empty
 name is InvalidArgument, an unknown one NotFound naming it. The namespace
@@ -7,7 +7,7 @@ and is required. After Prepare, Commit and Remove the optional ``publish``
 callback gets the event containerd publishes (``/snapshot/prepare``,
 ``/snapshot/commit``, ``/snapshot/remove``), in the caller's namespace.
 
-Plugins: ``io.containerd.snapshotter.v1`` ``overlayfs`` (skipped, with the
+The plugins (:mod:`wharfd.runtime.services.plugins`): ``io.containerd.snapshotter.v1`` ``overlayfs`` (skipped, with the
 reason, where overlayfs cannot be mounted on its root) and ``native``, each
 a :class:`~wharfd.runtime.snapshots.metadata.NamespacedSnapshotter` over the
 metadata plugin's database; and the gRPC plugin ``snapshots`` serving every
@@ -18,10 +18,8 @@ snapshotter that started. Config keys of a snapshotter plugin:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -32,10 +30,8 @@ from wharfd.api.events import snapshot_pb2 as events_pb2
 from wharfd.api.services.snapshots.v1 import snapshots_pb2 as pb
 from wharfd.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from wharfd.api.types import mount_pb2
-from wharfd.runtime import errors, plugin
+from wharfd.runtime import errors
 from wharfd.runtime.services import boundary
-from wharfd.runtime.snapshots import native, overlay
-from wharfd.runtime.snapshots.metadata import NamespacedSnapshotter
 from wharfd.runtime.snapshots.snapshotter import Info, Kind, Mount, Snapshotter
 
 TOPIC_PREPARE = "/snapshot/prepare"
@@ -186,62 +182,3 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def _emit(self, topic: str, event: Message) -> None:
         if self._publish is not None:
             await self._publish(topic, event)
-
-
-# --- plugins ---------------------------------------------------------------
-
-
-def _root(ctx: plugin.InitContext) -> Path:
-    value = ctx.plugin_config.get("root_path") or ctx.root
-    if not isinstance(value, str | Path):
-        raise errors.InvalidArgument(f"plugins.{ctx.registration.uri!r}.root_path must be a string")
-    ctx.exports["root"] = str(value)
-    return Path(value)
-
-
-def _mount_options(ctx: plugin.InitContext) -> list[str]:
-    value = ctx.plugin_config.get("mount_options", [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise errors.InvalidArgument(
-            f"plugins.{ctx.registration.uri!r}.mount_options must be a list of strings"
-        )
-    return value
-
-
-async def _init_overlayfs(ctx: plugin.InitContext) -> NamespacedSnapshotter:
-    root = _root(ctx)
-    reason = await asyncio.to_thread(overlay.check_supported, root)
-    if reason is not None:
-        raise plugin.SkipPlugin(reason)
-    backend = await asyncio.to_thread(overlay.OverlayBackend, root, options=_mount_options(ctx))
-    return NamespacedSnapshotter(ctx.get(plugin.METADATA).db, backend)
-
-
-async def _init_native(ctx: plugin.InitContext) -> NamespacedSnapshotter:
-    backend = await asyncio.to_thread(native.NativeBackend, _root(ctx))
-    return NamespacedSnapshotter(ctx.get(plugin.METADATA).db, backend)
-
-
-async def _init_service(ctx: plugin.InitContext) -> SnapshotsService:
-    return SnapshotsService(ctx.get_all(plugin.SNAPSHOTTER), ctx.get(plugin.EVENT).publish)
-
-
-OVERLAYFS_PLUGIN = plugin.Registration(
-    type=plugin.SNAPSHOTTER,
-    id=overlay.NAME,
-    init=_init_overlayfs,
-    requires=(plugin.METADATA,),
-    host_platform=True,
-)
-NATIVE_PLUGIN = plugin.Registration(
-    type=plugin.SNAPSHOTTER,
-    id=native.NAME,
-    init=_init_native,
-    requires=(plugin.METADATA,),
-    host_platform=True,
-)
-PLUGIN = plugin.Registration(
-    type=plugin.GRPC, id="snapshots", init=_init_service, requires=(plugin.SNAPSHOTTER, plugin.EVENT)
-)
-PLUGINS = (OVERLAYFS_PLUGIN, NATIVE_PLUGIN, PLUGIN)
-"""Everything this module contributes to the daemon's plugin table."""

@@ -33,12 +33,12 @@ from google.protobuf.message import DecodeError, Message
 from wharfd.api.services.streaming.v1 import streaming_pb2 as pb
 from wharfd.api.services.streaming.v1 import streaming_pb2_grpc as pb_grpc
 from wharfd.api.types.transfer import streaming_pb2 as tpb
-from wharfd.runtime import errors, namespaces, plugin
+from wharfd.runtime import errors, namespaces
 from wharfd.runtime.services import boundary
+from wharfd.runtime.services.plugins import StreamManager
 
 log = logging.getLogger("wharfd.streaming")
 
-STREAMING = "io.containerd.streaming.v1"
 # containerd's flow-control constants (core/transfer/streaming).
 MAX_DATA = 32 * 1024
 WINDOW = 2 * MAX_DATA
@@ -112,35 +112,6 @@ class Stream:
     async def wait_closed(self) -> None:
         """Until :meth:`close`."""
         await self._done.wait()
-
-
-class StreamManager:
-    """Registered streams by (namespace, id)."""
-
-    def __init__(self) -> None:
-        self._streams: dict[tuple[str, str], Stream] = {}
-
-    def register(self, namespace: str, stream: Stream) -> None:
-        """Make ``stream`` findable; AlreadyExists when the id is in use."""
-        key = (namespace, stream.id)
-        if key in self._streams:
-            raise errors.AlreadyExists(f'stream "{stream.id}": already exists')
-        self._streams[key] = stream
-
-    def unregister(self, namespace: str, stream: Stream) -> None:
-        """Forget ``stream`` (if it is still the one registered under its id)."""
-        if self._streams.get((namespace, stream.id)) is stream:
-            del self._streams[(namespace, stream.id)]
-
-    def get(self, stream_id: str) -> Stream:
-        """The open stream ``stream_id`` of the current namespace; NotFound otherwise."""
-        found = self._streams.get((namespaces.required(), stream_id))
-        if found is None or found.closed:
-            raise errors.NotFound(f'stream "{stream_id}": not found')
-        return found
-
-    def __len__(self) -> int:
-        return len(self._streams)
 
 
 class StreamingService(pb_grpc.StreamingServicer):
@@ -236,17 +207,3 @@ class ByteSender:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
-
-
-async def _init_manager(ctx: plugin.InitContext) -> StreamManager:
-    return StreamManager()
-
-
-async def _init_service(ctx: plugin.InitContext) -> StreamingService:
-    return StreamingService(ctx.get(STREAMING, "manager"))
-
-
-MANAGER_PLUGIN = plugin.Registration(type=STREAMING, id="manager", init=_init_manager)
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="streaming", init=_init_service, requires=(STREAMING,))
-PLUGINS = (MANAGER_PLUGIN, PLUGIN)
-"""Everything this module contributes to the daemon's plugin table."""

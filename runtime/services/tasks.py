@@ -27,7 +27,7 @@ from wharfd.api.services.tasks.v1 import tasks_pb2 as pb
 from wharfd.api.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
 from wharfd.api.types import metrics_pb2
 from wharfd.api.types.task import task_pb2
-from wharfd.runtime import errors, filters, namespaces, plugin
+from wharfd.runtime import errors, filters, namespaces
 from wharfd.runtime.metadata.containers import ContainerStore
 from wharfd.runtime.services import boundary
 from wharfd.runtime.tasks.manager import CreateRequest, TaskManager
@@ -207,12 +207,3 @@ class TasksService(pb_grpc.TasksServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_TasksServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> TasksService:
-    return TasksService(ctx.get(plugin.RUNTIME, "task"), ContainerStore(ctx.get(plugin.METADATA).db))
-
-
-PLUGIN = plugin.Registration(
-    type=plugin.GRPC, id="tasks", init=_init, requires=(plugin.RUNTIME, plugin.METADATA)
-)

@@ -34,7 +34,7 @@ from wharfd.api.services.transfer.v1 import transfer_pb2 as pb
 from wharfd.api.services.transfer.v1 import transfer_pb2_grpc as pb_grpc
 from wharfd.api.types import platform_pb2
 from wharfd.api.types.transfer import imagestore_pb2, importexport_pb2, progress_pb2, registry_pb2
-from wharfd.runtime import errors, plugin
+from wharfd.runtime import errors
 from wharfd.runtime.images import platforms, walk
 from wharfd.runtime.images.destination import Destination, Reference, Unpack
 from wharfd.runtime.images.progress import Progress, Throttle
@@ -42,11 +42,10 @@ from wharfd.runtime.images.transfer import LocalTransfer, RegistryEndpoint, host
 from wharfd.runtime.registry.auth import Credentials
 from wharfd.runtime.services import boundary
 from wharfd.runtime.services.convert import descriptor_to_proto
+from wharfd.runtime.services.plugins import StreamManager
 from wharfd.runtime.services.streaming import (
-    STREAMING,
     ByteSender,
     Stream,
-    StreamManager,
     receive_bytes,
     type_name,
     unpack,
@@ -248,23 +247,3 @@ class TransferService(pb_grpc.TransferServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add the servicer to a gRPC server."""
         pb_grpc.add_TransferServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> TransferService:
-    meta = ctx.get(plugin.METADATA)
-    local = LocalTransfer(
-        ctx.get(plugin.TRANSFER, "local"),
-        ctx.get(plugin.CONTENT, "content"),
-        meta.images,
-        meta.leases,
-        default_snapshotter=str(ctx.plugin_config.get("snapshotter", "overlayfs")),
-    )
-    return TransferService(local, ctx.get(STREAMING, "manager"))
-
-
-PLUGIN = plugin.Registration(
-    type=plugin.GRPC,
-    id="transfer",
-    init=_init,
-    requires=(plugin.TRANSFER, STREAMING, plugin.METADATA, plugin.CONTENT),
-)

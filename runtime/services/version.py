@@ -9,7 +9,7 @@ from google.protobuf import empty_pb2
 
 from wharfd.api.services.version.v1 import version_pb2 as pb
 from wharfd.api.services.version.v1 import version_pb2_grpc as pb_grpc
-from wharfd.runtime import plugin, version
+from wharfd.runtime import version
 from wharfd.runtime.services import boundary
 
 
@@ -25,10 +25,3 @@ class VersionService(pb_grpc.VersionServicer):
     def register(self, server: grpc.aio.Server) -> None:
         """Add this servicer to a gRPC server."""
         pb_grpc.add_VersionServicer_to_server(self, server)
-
-
-async def _init(ctx: plugin.InitContext) -> VersionService:
-    return VersionService()
-
-
-PLUGIN = plugin.Registration(type=plugin.GRPC, id="version", init=_init)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import json
+import pkgutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import grpc
 import pytest
 
 from wharfd.runtime import malloc
+from wharfd.runtime.services import lazy, plugins
 
 # Started in a fresh interpreter: Daemon.start() as main() runs it, then the modules it holds.
 _RUN = textwrap.dedent(
@@ -70,6 +74,23 @@ HEAVY = (
     "tempfile",  # with random and hmac: unique names come from os.urandom
     "secrets",
     "uuid",  # the installation's uuid is made from os.urandom
+    # containerd's client API (ctr, wharf): each service loads on its first call (runtime/services/lazy.py)
+    *(api.module for api in plugins.APIS),
+    "wharfd.api.services.containers",
+    "wharfd.api.services.content",
+    "wharfd.api.services.diff",
+    "wharfd.api.services.events",
+    "wharfd.api.services.images",
+    "wharfd.api.services.introspection",
+    "wharfd.api.services.leases",
+    "wharfd.api.services.namespaces",
+    "wharfd.api.services.snapshots",
+    "wharfd.api.services.streaming",
+    "wharfd.api.services.tasks",
+    "wharfd.api.services.transfer",
+    "wharfd.api.services.version",
+    "wharfd.api.types.transfer",
+    "wharfd.runtime.images.transfer",
 )
 
 
@@ -223,3 +244,72 @@ def test_a_task_stub_binds_only_the_methods_it_uses() -> None:
     with pytest.raises(AttributeError, match="has no method Nope"):
         stub.Nope  # noqa: B018
     assert set(stub._methods) == {"State"}
+
+
+def _generated_methods(service: str) -> dict[str, tuple[bool, bool]]:
+    """The methods of ``service`` (request streaming, response streaming) as its generated module declares them."""
+    # containerd.services.<x>.v1.<Name> is generated into wharfd.api.services.<x>.v1.<file>_pb2.
+    package, _, name = service.rpartition(".")
+    pkg = importlib.import_module("wharfd.api.services." + package.removeprefix("containerd.services."))
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name.endswith("_pb2"):
+            descriptor = importlib.import_module(f"{pkg.__name__}.{info.name}").DESCRIPTOR
+            found = descriptor.services_by_name.get(name)
+            if found is not None and found.full_name == service:
+                return {m.name: (m.client_streaming, m.server_streaming) for m in found.methods}
+    raise AssertionError(f"no generated module declares {service}")
+
+
+@pytest.mark.parametrize("api", plugins.APIS, ids=lambda api: api.service.rsplit(".", 1)[-1])
+def test_each_lazy_services_table_is_what_its_proto_declares(api: lazy.Api) -> None:
+    assert dict(api.methods) == _generated_methods(api.service)
+
+
+def test_the_first_calls_to_lazily_loaded_services_work_through_the_socket(tmp_path: Path) -> None:
+    from google.protobuf import any_pb2, empty_pb2
+
+    from e2e.daemon import Daemon
+    from wharfd.api.services.content.v1 import content_pb2, content_pb2_grpc
+    from wharfd.api.services.introspection.v1 import introspection_pb2_grpc
+    from wharfd.api.services.namespaces.v1 import namespace_pb2, namespace_pb2_grpc
+    from wharfd.api.services.streaming.v1 import streaming_pb2, streaming_pb2_grpc
+    from wharfd.api.services.version.v1 import version_pb2_grpc
+    from wharfd.runtime.services.streaming import pack
+
+    daemon = Daemon(tmp_path / "d")
+    daemon.start()
+    md = (("containerd-namespace", "wharfd-test-lazy"),)
+
+    async def calls() -> None:
+        async with grpc.aio.insecure_channel(f"unix:{daemon.address}") as channel:
+            version = version_pb2_grpc.VersionStub(channel)
+            namespaces = namespace_pb2_grpc.NamespacesStub(channel)
+            # Several unary calls arrive before the service has loaded: all wait for the one load.
+            answers = await asyncio.gather(*(version.Version(empty_pb2.Empty()) for _ in range(3)))
+            assert {a.version for a in answers} != {""}
+            # A typed error on a service's first call keeps its status.
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await namespaces.Delete(namespace_pb2.DeleteNamespaceRequest(name="wharfd-test-none"))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            # Server streaming on a first call: an empty namespace lists no blobs.
+            content = content_pb2_grpc.ContentStub(channel)
+            assert [r async for r in content.List(content_pb2.ListContentRequest(), metadata=md)] == []
+            # Bidi on a first call, whose servicer reads the request stream through the context.
+            call = streaming_pb2_grpc.StreamingStub(channel).Stream(metadata=md)
+            await call.write(pack(streaming_pb2.StreamInit(id="wharfd-test-stream")))
+            ack = await call.read()
+            assert isinstance(ack, any_pb2.Any) and ack.type_url == "google.protobuf.Empty"
+            await call.done_writing()
+            call.cancel()
+            # A method the service does not have is still unimplemented.
+            nope = channel.unary_unary("/containerd.services.introspection.v1.Introspection/Nope")
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await nope(b"")
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            server = await introspection_pb2_grpc.IntrospectionStub(channel).Server(empty_pb2.Empty())
+            assert server.uuid and server.pid == daemon.proc.pid  # type: ignore[union-attr]
+
+    try:
+        asyncio.run(calls())
+    finally:
+        assert daemon.stop() == 0, daemon.log()

@@ -28,23 +28,24 @@ from wharfd.runtime.client import Client
 from wharfd.runtime.ctr import main
 from wharfd.runtime.ctr.content import write_blob
 from wharfd.runtime.metadata import plugin as metadata_plugin
-from wharfd.runtime.services import content, images, introspection, leases, namespaces, snapshots
-from wharfd.runtime.services import events as events_service
+from wharfd.runtime.services import plugins as api
 
 T = TypeVar("T")
 
 REGISTRATIONS = (
     metadata_plugin.PLUGIN,
     events.PLUGIN,
-    events_service.PLUGIN,
-    namespaces.PLUGIN,
-    images.PLUGIN,
-    leases.PLUGIN,
-    content.STORE_PLUGIN,
-    content.PLUGIN,
+    api.EVENTS_PLUGIN,
+    api.NAMESPACES_PLUGIN,
+    api.IMAGES_PLUGIN,
+    api.LEASES_PLUGIN,
+    api.CONTENT_STORE_PLUGIN,
+    api.CONTENT_PLUGIN,
     gc.PLUGIN,
-    *snapshots.PLUGINS,
-    introspection.PLUGIN,
+    api.OVERLAYFS_PLUGIN,
+    api.NATIVE_PLUGIN,
+    api.SNAPSHOTS_PLUGIN,
+    api.INTROSPECTION_PLUGIN,
 )
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"

@@ -28,9 +28,8 @@ from wharfd.runtime.images.pull import Puller
 from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.metadata.images import ImageStore
 from wharfd.runtime.registry import HostsConfig, Resolver, Transport
-from wharfd.runtime.services import content as content_service
-from wharfd.runtime.services import diff as diff_service
-from wharfd.runtime.services import snapshots as snapshots_service
+from wharfd.runtime.services import differ
+from wharfd.runtime.services import plugins as api
 from wharfd.runtime.snapshots.metadata import NamespacedSnapshotter
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlayfs, owners, device nodes)")
@@ -80,11 +79,11 @@ class Rig:
 REGISTRATIONS: Sequence[plugin.Registration] = (
     metadata_plugin.PLUGIN,
     events.PLUGIN,
-    content_service.STORE_PLUGIN,
-    snapshots_service.OVERLAYFS_PLUGIN,
-    snapshots_service.NATIVE_PLUGIN,
+    api.CONTENT_STORE_PLUGIN,
+    api.OVERLAYFS_PLUGIN,
+    api.NATIVE_PLUGIN,
     gc.PLUGIN,
-    diff_service.DIFFER_PLUGIN,
+    differ.PLUGIN,
     PULL_PLUGIN,
 )
 

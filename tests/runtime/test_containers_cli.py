@@ -29,7 +29,7 @@ from wharfd.runtime.ctr import containers as cli
 from wharfd.runtime.ctr.snapshots import SNAPSHOTTER_ENV
 from wharfd.runtime.oci import spec as oci_spec
 from wharfd.runtime.services import boundary
-from wharfd.runtime.services import containers as service
+from wharfd.runtime.services import plugins as api
 
 RUNC = "io.containerd.runc.v2"
 WHARF = "io.containerd.wharf.v2"  # the CLI's default runtime
@@ -41,7 +41,7 @@ def _env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(commands.SUPPRESS_DEPRECATIONS_ENV, "true")
     monkeypatch.setenv(SNAPSHOTTER_ENV, "native")
     # The services as the daemon runs them, with the Containers service added.
-    monkeypatch.setattr(ctr_services, "REGISTRATIONS", (*ctr_services.REGISTRATIONS, service.PLUGIN))
+    monkeypatch.setattr(ctr_services, "REGISTRATIONS", (*ctr_services.REGISTRATIONS, api.CONTAINERS_PLUGIN))
 
 
 class FakeTasks(tpb_grpc.TasksServicer):
@@ -221,7 +221,7 @@ boundary.fill_unimplemented(OnlyList, pb.DESCRIPTOR.services_by_name["Containers
 def test_list_falls_back_to_list_without_list_stream(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    without = tuple(r for r in ctr_services.REGISTRATIONS if r is not service.PLUGIN)
+    without = tuple(r for r in ctr_services.REGISTRATIONS if r is not api.CONTAINERS_PLUGIN)
     monkeypatch.setattr(ctr_services, "REGISTRATIONS", without)
     with serve(
         tmp_path, extra=[lambda server: pb_grpc.add_ContainersServicer_to_server(OnlyList(), server)]

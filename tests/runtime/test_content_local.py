@@ -25,7 +25,8 @@ from wharfd.runtime.metadata import leases
 from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.metadata.db import Database
 from wharfd.runtime.metadata.namespaces import NamespaceStore
-from wharfd.runtime.services import content as content_service
+from wharfd.runtime.services import plugins as api
+from wharfd.runtime.services.lazy import LazyService
 
 T = TypeVar("T")
 
@@ -367,9 +368,7 @@ def test_migration_2(tmp_path: Path) -> None:
 
 def test_plugins_start_over_the_metadata_plugin(tmp_path: Path) -> None:
     async def main() -> None:
-        plugins = plugin.PluginSet(
-            [content_service.PLUGIN, content_service.STORE_PLUGIN, metadata_plugin.PLUGIN]
-        )
+        plugins = plugin.PluginSet([api.CONTENT_PLUGIN, api.CONTENT_STORE_PLUGIN, metadata_plugin.PLUGIN])
         stale = tmp_path / "io.containerd.content.v1.content" / "ingest" / "abc.123.tmp"
         stale.mkdir(parents=True)
 
@@ -388,7 +387,7 @@ def test_plugins_start_over_the_metadata_plugin(tmp_path: Path) -> None:
             assert [p.status for p in plugins.plugins] == ["ok", "ok", "ok"]
             store = plugins.instance(plugin.CONTENT, "content")
             assert isinstance(store, LocalStore)
-            assert isinstance(plugins.instance(plugin.GRPC, "content"), content_service.ContentService)
+            assert isinstance(plugins.instance(plugin.GRPC, "content"), LazyService)
             assert not stale.exists()
             assert plugins.started(plugin.CONTENT)[0].exports == {"root": str(store.root)}
         finally:

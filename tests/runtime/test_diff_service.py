@@ -24,7 +24,8 @@ from wharfd.runtime import mount, plugin
 from wharfd.runtime.content.store import Expected
 from wharfd.runtime.images import labels as L
 from wharfd.runtime.images import mediatypes
-from wharfd.runtime.services import diff as diff_service
+from wharfd.runtime.services import differ
+from wharfd.runtime.services import plugins as api
 from wharfd.runtime.services.snapshots import mounts_to_proto
 from wharfd.runtime.snapshots.snapshotter import Mount
 
@@ -35,7 +36,7 @@ MD = (("containerd-namespace", NS),)
 @contextlib.asynccontextmanager
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Rig, pb_grpc.DiffStub]]:
     """The rig with the Diff gRPC plugin, served on a unix socket."""
-    async with rig(tmp_path, extra=[diff_service.PLUGIN]) as r:
+    async with rig(tmp_path, extra=[api.DIFF_PLUGIN]) as r:
         server = grpc.aio.server()
         r.plugins.instance(plugin.GRPC, "diff").register(server)
         address = f"unix:{tmp_path / 'diff.sock'}"
@@ -262,6 +263,6 @@ def test_diff_media_types(tmp_path: Path) -> None:
 
 def test_readonly_turns_an_upper_into_a_lower() -> None:
     m = Mount("overlay", "overlay", "", ("workdir=/w", "upperdir=/u", "lowerdir=/a:/b", "index=off"))
-    assert diff_service.readonly(m).options == ("index=off", "lowerdir=/u:/a:/b", "ro")
+    assert differ.readonly(m).options == ("index=off", "lowerdir=/u:/a:/b", "ro")
     b = Mount("bind", "/x", "", ("rw", "rbind"))
-    assert diff_service.readonly(b).options == ("rbind", "ro")
+    assert differ.readonly(b).options == ("rbind", "ro")

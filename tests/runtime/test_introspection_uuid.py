@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from wharfd.runtime.services.introspection import load_uuid, random_uuid
+from wharfd.runtime.services.plugins import load_uuid, random_uuid
 
 
 def test_random_uuids_are_canonical_version_4() -> None:

@@ -19,7 +19,9 @@ from wharfd.api.services.snapshots.v1 import snapshots_pb2 as pb
 from wharfd.api.services.snapshots.v1 import snapshots_pb2_grpc as pb_grpc
 from wharfd.runtime import events, mount, namespaces, plugin
 from wharfd.runtime.metadata import plugin as metadata_plugin
+from wharfd.runtime.services import plugins as api
 from wharfd.runtime.services import snapshots as service
+from wharfd.runtime.services.lazy import LazyService
 
 pytestmark = [
     pytest.mark.root,
@@ -44,7 +46,9 @@ class Client:
 @asynccontextmanager
 async def serve(tmp_path: Path) -> AsyncIterator[tuple[grpc.aio.Channel, list[Event], plugin.PluginSet]]:
     """Start the metadata and snapshot plugins for real, and serve them on a unix socket."""
-    plugins = plugin.PluginSet([metadata_plugin.PLUGIN, events.PLUGIN, *service.PLUGINS])
+    plugins = plugin.PluginSet(
+        [metadata_plugin.PLUGIN, events.PLUGIN, api.OVERLAYFS_PLUGIN, api.NATIVE_PLUGIN, api.SNAPSHOTS_PLUGIN]
+    )
 
     def context(reg: plugin.Registration) -> plugin.InitContext:
         return plugin.InitContext(reg, None, {}, tmp_path / "root" / reg.uri, tmp_path / "state", plugins)
@@ -260,6 +264,6 @@ def test_plugins_register_and_export_their_roots(tmp_path: Path) -> None:
                 assert p.exports["root"] == str(tmp_path / "root" / f"io.containerd.snapshotter.v1.{sid}")
             assert started["io.containerd.grpc.v1.snapshots"].status == "ok"
             grpc_plugin = plugins.instance(plugin.GRPC, "snapshots")
-            assert isinstance(grpc_plugin, service.SnapshotsService)
+            assert isinstance(grpc_plugin, LazyService) and grpc_plugin.api is api.SNAPSHOTS
 
     asyncio.run(main())
