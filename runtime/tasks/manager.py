@@ -148,15 +148,21 @@ class TaskManager:
         return task
 
     async def _create(self, bundle: Bundle, binary: str, request: CreateRequest) -> Task:
-        # One worker-thread hop makes the whole bundle and opens its log FIFO.
-        log_fd, annotations = await asyncio.to_thread(_make_bundle, bundle, binary, request.spec_json)
+        # One worker-thread hop makes the whole bundle, opens its log FIFO and, for our own
+        # shim, has the zygote launch it (or finds the sandbox's shim to join).
+        joinable = self._joinable(bundle.namespace)
+        log_fd, annotations, launched = await asyncio.to_thread(
+            self._make_bundle_and_launch, bundle, binary, request, joinable
+        )
         copier: shim.LogCopier | None = None
         task: Task | None = None
         address: ShimAddress | None = None
         recorded: asyncio.Future[None] | None = None
         try:
             copier = shim.LogCopier(bundle, log_fd)
-            address = await self._shim_for(bundle, binary, request.options, annotations)
+            if isinstance(launched, BaseException):
+                raise launched
+            address = launched or await self._shim_for(bundle, binary, request.options, annotations)
             # bootstrap.json is written while the shim creates the task; Create answers
             # only once it is on disk, so a recovered daemon finds every task it reported.
             recorded = asyncio.ensure_future(asyncio.to_thread(bundle.write_bootstrap, address))
@@ -192,6 +198,36 @@ class TaskManager:
             await asyncio.to_thread(bundle.remove)
         except errors.WharfError as exc:
             log.error("task %s/%s: %s", bundle.namespace, bundle.id, exc)
+
+    def _joinable(self, namespace: str) -> dict[str, ShimAddress]:
+        """The namespace's live v3 shims by task id: the sandboxes a new container may join."""
+        return {
+            id_: task.address
+            for (ns, id_), task in self._tasks.items()
+            if ns == namespace and task.dead is None and task.address.version >= 3
+        }
+
+    def _make_bundle_and_launch(
+        self, bundle: Bundle, binary: str, request: CreateRequest, joinable: dict[str, ShimAddress]
+    ) -> tuple[int, dict[str, str], ShimAddress | BaseException | None]:
+        """The bundle (its log's fd, the spec's annotations) and, when it can be had here, the
+        shim's address: the sandbox's to join, or our shim started in-process. Blocking.
+
+        A failure after the bundle is made is returned, not raised: the caller owns the log's fd
+        and undoes the bundle. None: the caller starts the shim (:meth:`_shim_for`).
+        """
+        log_fd, annotations = _make_bundle(bundle, binary, request.spec_json)
+        try:
+            group = next((annotations[k] for k in GROUP_ANNOTATIONS if annotations.get(k)), "")
+            if group and group != bundle.id and group in joinable:
+                bundle.write_file(SANDBOX_FILE, group)
+                return log_fd, annotations, joinable[group]
+            if shim.is_ours(binary):
+                address = self.launcher.start_ours(binary, bundle, request.options, annotations)
+                return log_fd, annotations, address
+        except Exception as exc:
+            return log_fd, annotations, exc
+        return log_fd, annotations, None
 
     async def _shim_for(
         self, bundle: Bundle, binary: str, options: any_pb2.Any | None, annotations: dict[str, str]

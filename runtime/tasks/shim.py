@@ -132,9 +132,9 @@ class Launcher:
 
         ``annotations``: the spec's, when the caller has them (else read from config.json).
         """
-        if os.path.basename(binary) == OUR_SHIM:
+        if is_ours(binary):
             # Our own shim: its start protocol in-process, sparing an interpreter's exec.
-            address = await asyncio.to_thread(self._start_ours, binary, bundle, options, annotations)
+            address = await asyncio.to_thread(self.start_ours, binary, bundle, options, annotations)
             if address is not None:
                 return address
         protocol = self.protocols.get(binary) or await self._probe(binary)
@@ -148,7 +148,7 @@ class Launcher:
                 self.protocols[binary] = LEGACY
         return await self._start(binary, bundle, options.SerializeToString() if options else b"")
 
-    def _start_ours(
+    def start_ours(
         self, binary: str, bundle: Bundle, options: any_pb2.Any | None, annotations: dict[str, str] | None
     ) -> ShimAddress | None:
         """What ``<binary> start`` would answer, done here (blocking: run in a thread).
@@ -318,6 +318,11 @@ async def _run(
         ) from None
     assert proc.returncode is not None
     return proc.returncode, out, err
+
+
+def is_ours(binary: str) -> bool:
+    """Whether ``binary`` is our shim, whose ``start`` :meth:`Launcher.start_ours` can do in-process."""
+    return os.path.basename(binary) == OUR_SHIM
 
 
 def open_log(bundle: Bundle) -> int:
