@@ -275,9 +275,12 @@ def test_memory_limit_oom(rig: TaskRig, runtime: str) -> None:
     events = Events(rig)
     try:
         limit = linux.with_memory_limit(16 << 20)
-        rig.create_container(
-            "oom", ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"], runtime=runtime, opts=[limit]
-        )
+        args = ["dd", "if=/dev/zero", "of=/dev/null", "bs=128M", "count=1"]
+        if runtime == STOCK:
+            # The 1.6 stock shim starts watching for OOM only after Start has answered: an init
+            # killed at once races it (and the event is lost). Ours watches from Create on.
+            args = ["sh", "-c", "sleep 0.5; exec " + " ".join(args)]
+        rig.create_container("oom", args, runtime=runtime, opts=[limit])
         rig.create_task("oom")
         rig.tasks.Start(tpb.StartRequest(container_id="oom"))
         assert rig.tasks.Wait(tpb.WaitRequest(container_id="oom")).exit_status == 137
