@@ -123,6 +123,20 @@ def test_legacy_stdin_is_options_or_nothing() -> None:
         launch.read_bootstrap(any_pb2.Any(type_url="example.Other").SerializeToString(), flags())
 
 
+def test_generic_runtime_options_mean_no_runc_options() -> None:
+    # What a stock containerd's CRI sends a runtime type it does not know as runc's (ours):
+    # type_url (1) and config_path (2) of a runtime config file.
+    generic = any_pb2.Any(type_url="runtimeoptions.v1.Options", value=b"\x0a\x01t\x12\x05/etc/x")
+    boot = launch.read_bootstrap(generic.SerializeToString(), flags())
+    assert (boot.sent, boot.options) == (False, b"")
+    params = bootstrap_pb2.BootstrapParams(instance_id="c1", namespace="ns")
+    params.extensions.add().value.CopyFrom(generic)
+    assert launch.read_bootstrap(params.SerializeToString(), flags()).options == b""
+    assert options.from_any(generic) is None
+    with pytest.raises(errors.InvalidArgument, match=r"unsupported type 'example\.Other'"):
+        options.from_any(any_pb2.Any(type_url="example.Other", value=b"x"))
+
+
 def test_wire_matches_the_generated_classes() -> None:
     result = bootstrap_pb2.BootstrapResult.FromString(wire.encode((1, 3), (2, "unix:///s/x"), (3, "ttrpc")))
     assert (result.version, result.address, result.protocol) == (3, "unix:///s/x", "ttrpc")
