@@ -30,7 +30,10 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,6 +51,7 @@ from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 from wharfd.cri import fifo_keeper
 from wharfd.runtime.images import platforms
 from wharfd.runtime.registry import Resolver, Transport
+from wharfd.runtime.shim.launch import SOCKET_DIR_ENV
 
 REGISTRY = "pods.wharf.test"  # a made-up domain; hosts.toml sends it to the local registry
 PAUSE_REF = f"{REGISTRY}/e2e/pause:3"
@@ -480,3 +484,137 @@ def needs_root_and_runc() -> list[Any]:
         pytest.mark.skipif(RUNC is None, reason="runc is not installed"),
         pytest.mark.skipif(not Path(CNI_BIN, "bridge").exists(), reason=f"no CNI plugins in {CNI_BIN}"),
     ]
+
+
+CONTAINERD = Path("/usr/bin/containerd")
+
+
+class StockContainerd:
+    """Debian's containerd (1.6) with its CRI plugin, on a root, state and socket of its own under a rig.
+
+    It uses the rig's CNI network, registry (through a hosts.toml), pause image
+    and runc. Its runtime ``runc`` is the stock runc shim; ``runtimes`` adds
+    handlers (name → runtime_type), e.g. ``{"wharf": "io.containerd.wharf.v2"}``
+    for our shim, found on the PATH it is started with (the venv's bin first).
+    Everything it leaves under the rig goes with the rig's clean-up; its shims
+    are killed on exit.
+    """
+
+    def __init__(self, rig: CriRig, runtimes: Mapping[str, str] | None = None) -> None:
+        """Configure it under ``<rig base>/containerd``; nothing runs until ``with``."""
+        self.rig = rig
+        self.base = rig.base / "containerd"
+        self.address = self.base / "containerd.sock"
+        self.shim_sockets = self.base / "s"
+        self.runtimes = {"runc": "io.containerd.runc.v2", **(runtimes or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.channel: grpc.Channel | None = None
+
+    @property
+    def pid(self) -> int:
+        """The daemon's pid."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def runtime(self) -> Any:
+        """Its CRI RuntimeService stub."""
+        assert self.channel is not None
+        return cri_grpc.RuntimeServiceStub(self.channel)
+
+    @property
+    def images(self) -> Any:
+        """Its CRI ImageService stub."""
+        assert self.channel is not None
+        return cri_grpc.ImageServiceStub(self.channel)
+
+    def _config(self) -> str:
+        # Debian's containerd 1.6 refuses a hosts.toml without a host table ("invalid `host` tree").
+        assert self.rig.registry is not None
+        hosts = self.base / "certs.d" / REGISTRY
+        hosts.mkdir(parents=True)
+        url = self.rig.registry.url
+        (hosts / "hosts.toml").write_text(
+            f'server = "{url}"\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+        section = '[plugins."io.containerd.grpc.v1.cri"]'
+        text = (
+            "version = 2\n"
+            f'root = "{self.base / "root"}"\n'
+            f'state = "{self.base / "state"}"\n'
+            f'[grpc]\n  address = "{self.address}"\n'
+            f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{self.base / "opt"}"\n'
+            f"{section}\n"
+            f'  sandbox_image = "{PAUSE_REF}"\n'
+            "  netns_mounts_under_state_dir = true\n"
+            "  restrict_oom_score_adj = true\n"
+            f"{section[:-1]}.cni]\n"
+            f'  bin_dir = "{CNI_BIN}"\n'
+            f'  conf_dir = "{self.rig.cni_conf_dir}"\n'
+            f"{section[:-1]}.registry]\n"
+            f'  config_path = "{self.base / "certs.d"}"\n'
+        )
+        for name, runtime_type in self.runtimes.items():
+            text += (
+                f"{section[:-1]}.containerd.runtimes.{name}]\n"
+                f'  runtime_type = "{runtime_type}"\n'
+                f"{section[:-1]}.containerd.runtimes.{name}.options]\n"
+                f'  Root = "{self.base / "runc"}"\n'
+            )
+        return text
+
+    def __enter__(self) -> StockContainerd:
+        self.base.mkdir()
+        (self.base / "config.toml").write_text(self._config())
+        env = {
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+            # containerd 1.6 names no socket dir: our shims' (and their zygote's) under the rig.
+            SOCKET_DIR_ENV: str(self.shim_sockets),
+        }
+        with open(self.base / "containerd.log", "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(CONTAINERD), "--config", str(self.base / "config.toml")],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+        self.channel = grpc.insecure_channel(f"unix://{self.address}")
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"containerd exited: {self.log()[-2000:]}")
+                with contextlib.suppress(grpc.RpcError):
+                    self.runtime.Version(cri.VersionRequest(), timeout=1)
+                    return self
+                if time.monotonic() > deadline:
+                    raise RuntimeError("containerd did not answer in 30 s")
+                time.sleep(0.1)
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def log(self) -> str:
+        """What containerd has logged."""
+        return (self.base / "containerd.log").read_text(errors="replace")
+
+    def __exit__(self, *exc: object) -> None:
+        runtime = self.runtime
+        with contextlib.suppress(grpc.RpcError):
+            for pod in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=TIMEOUT).items:
+                with contextlib.suppress(grpc.RpcError):
+                    runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=TIMEOUT)
+                    runtime.RemovePodSandbox(
+                        cri.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=TIMEOUT
+                    )
+        assert self.channel is not None and self.proc is not None
+        self.channel.close()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        kill_shims(str(self.address), self.shim_sockets)

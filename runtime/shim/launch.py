@@ -6,7 +6,10 @@ container belongs to (``io.containerd.runc.v2.group`` or
 ``io.kubernetes.cri.sandbox-id`` annotation, else its own id), derives the
 group's socket like containerd does::
 
-    <socket_dir or /run/wharfd/s>/<hex sha256("<grpc address>/<namespace>/<group>")>
+    <socket_dir>/<hex sha256("<grpc address>/<namespace>/<group>")>
+
+(``socket_dir``: the daemon's BootstrapParams; from a legacy daemon, which
+sends none, ``$WHARF_SHIM_SOCKET_DIR`` or /run/wharfd/s)
 
 and answers with that socket once a shim serves it: an existing one (pod
 grouping) or a new one forked by the zygote, which is started first if it is
@@ -34,12 +37,16 @@ from wharfd.runtime.shim import wire
 
 # Imports stay light (no protobuf, no dataclasses): this process runs for every container.
 DEFAULT_SOCKET_DIR = "/run/wharfd/s"
+SOCKET_DIR_ENV = "WHARF_SHIM_SOCKET_DIR"  # the socket dir when the daemon names none (legacy start)
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 MAX_SOCKET_PATH = 106
 TASK_API_VERSION = 3
 ZYGOTE_START_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 30.0  # how long a full listen backlog is waited out
 OPTIONS_TYPE = "containerd.runc.v1.Options"
+# What containerd's CRI sends a runtime type it does not know as runc's (ours, to a stock
+# containerd): a runtime config file's type and path. runc has no use for them: no options.
+GENERIC_OPTIONS_TYPE = "runtimeoptions.v1.Options"
 # The folders under wharfd/runtime holding the code a shim runs: its own package and the
 # shared modules it imports (ttrpc; errors, mount, namespaces, version; the Mount type).
 # Any change there must give a new zygote, not a fork of old code.
@@ -81,7 +88,7 @@ def read_bootstrap(data: bytes, flags: Flags) -> Bootstrap:
         for extension in params.extensions:
             type_url, value = _any(extension)
             if _is_options(type_url):
-                boot.options = value
+                boot.options = value  # anything else (GENERIC_OPTIONS_TYPE) holds nothing for runc
         return boot
     # Before the bootstrap protocol, daemons sent the runtime options Any (or nothing).
     type_url, value = _any(data)
@@ -89,6 +96,8 @@ def read_bootstrap(data: bytes, flags: Flags) -> Bootstrap:
         boot = Bootstrap()
         boot.options = value
         return boot
+    if is_generic_options(type_url):
+        return Bootstrap()
     if params is not None and params.namespace == flags.namespace:
         raise errors.InvalidArgument(
             f"bootstrap instance_id {params.instance_id!r} does not match -id {flags.id!r}"
@@ -142,6 +151,11 @@ def _any(data: bytes) -> tuple[str, bytes]:
 
 def _is_options(type_url: str) -> bool:
     return type_url == OPTIONS_TYPE or type_url.endswith("/" + OPTIONS_TYPE)
+
+
+def is_generic_options(type_url: str) -> bool:
+    """Whether ``type_url`` names :data:`GENERIC_OPTIONS_TYPE` (taken as no options)."""
+    return type_url == GENERIC_OPTIONS_TYPE or type_url.endswith("/" + GENERIC_OPTIONS_TYPE)
 
 
 def group_id(bundle: str, container_id: str) -> str:
@@ -200,7 +214,9 @@ def start(flags: Flags, stdin: bytes) -> bytes:
     """Run the ``start`` action; return what to print on stdout."""
     boot = read_bootstrap(stdin, flags)
     bundle = flags.bundle or os.getcwd()
-    socket_dir = boot.socket_dir if boot.socket_dir is not None else DEFAULT_SOCKET_DIR
+    socket_dir = boot.socket_dir
+    if socket_dir is None:
+        socket_dir = os.environ.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR
     path = socket_path(socket_dir, flags.address, flags.namespace, group_id(bundle, flags.id))
     request = launch_request(
         flags,
