@@ -34,7 +34,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,12 +44,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ksm import ksm_running, ksm_settings, ksmd_cpu_seconds, wait_for_merging_blocking
-from e2e.cri_support import BUSYBOX_REF, CNI_BIN, PAUSE_REF, REGISTRY, RUNC, TIMEOUT, CriRig
+from e2e.cri_support import BUSYBOX_REF, CONTAINERD, RUNC, TIMEOUT, CriRig, StockContainerd
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 
@@ -70,7 +67,6 @@ QUOTED = {
     "daemon RSS with pods": 70.0,
     "shim PSS per pod": 5.0,
 }
-CONTAINERD = "/usr/bin/containerd"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -208,89 +204,14 @@ def run_sequence(rig: CriRig, target: Target, pods_n: int, density: int) -> None
 
 @contextlib.contextmanager
 def containerd(rig: CriRig) -> Iterator[Target]:
-    """Debian's containerd on a root, state and socket of its own under the rig, with the rig's CNI and registry."""
-    base = rig.base / "containerd"
-    base.mkdir()
-    address = base / "containerd.sock"
-    # Debian's containerd 1.6 refuses a hosts.toml without a host table ("invalid `host` tree").
-    assert rig.registry is not None
-    hosts = base / "certs.d" / REGISTRY
-    hosts.mkdir(parents=True)
-    url = rig.registry.url
-    (hosts / "hosts.toml").write_text(
-        f'server = "{url}"\n[host."{url}"]\n  capabilities = ["pull", "resolve"]\n'
-    )
-    section = '[plugins."io.containerd.grpc.v1.cri"]'
-    (base / "config.toml").write_text(
-        "version = 2\n"
-        f'root = "{base / "root"}"\n'
-        f'state = "{base / "state"}"\n'
-        f'[grpc]\n  address = "{address}"\n'
-        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{base / "opt"}"\n'
-        f"{section}\n"
-        f'  sandbox_image = "{PAUSE_REF}"\n'
-        "  netns_mounts_under_state_dir = true\n"
-        "  restrict_oom_score_adj = true\n"
-        f"{section[:-1]}.cni]\n"
-        f'  bin_dir = "{CNI_BIN}"\n'
-        f'  conf_dir = "{rig.cni_conf_dir}"\n'
-        f"{section[:-1]}.registry]\n"
-        f'  config_path = "{base / "certs.d"}"\n'
-        f"{section[:-1]}.containerd.runtimes.runc]\n"
-        '  runtime_type = "io.containerd.runc.v2"\n'
-        f"{section[:-1]}.containerd.runtimes.runc.options]\n"
-        f'  Root = "{base / "runc"}"\n'
-    )
-    with open(base / "containerd.log", "wb") as log:
-        proc = subprocess.Popen(
-            [CONTAINERD, "--config", str(base / "config.toml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    channel = grpc.insecure_channel(f"unix://{address}")
-    runtime = cri_grpc.RuntimeServiceStub(channel)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"containerd exited: {(base / 'containerd.log').read_text()[-2000:]}")
-            with contextlib.suppress(grpc.RpcError):
-                runtime.Version(cri.VersionRequest(), timeout=1)
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("containerd did not answer in 30 s")
-            time.sleep(0.1)
+    """Debian's containerd beside the rig (e2e/cri_support.py), as a measured target."""
+    with StockContainerd(rig) as stock:
         yield Target(
-            "containerd 1.6 (Debian), stock runc shim", runtime, cri_grpc.ImageServiceStub(channel), proc.pid
+            "containerd 1.6 (Debian), stock runc shim",
+            stock.runtime,
+            stock.images,
+            stock.pid,
         )
-    finally:
-        with contextlib.suppress(grpc.RpcError):
-            for pod in runtime.ListPodSandbox(cri.ListPodSandboxRequest(), timeout=TIMEOUT).items:
-                with contextlib.suppress(grpc.RpcError):
-                    runtime.StopPodSandbox(cri.StopPodSandboxRequest(pod_sandbox_id=pod.id), timeout=TIMEOUT)
-                    runtime.RemovePodSandbox(
-                        cri.RemovePodSandboxRequest(pod_sandbox_id=pod.id), timeout=TIMEOUT
-                    )
-        channel.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        _kill_stock_shims(str(address))
-        # Anything left (mounts, netns, cgroups, runc state) is under the rig, whose clean-up removes it.
-
-
-def _kill_stock_shims(address: str) -> None:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            if argv and b"containerd-shim" in argv[0] and address.encode() in argv:
-                os.kill(int(entry.name), signal.SIGKILL)
 
 
 # --- baseline and report ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from google.protobuf import any_pb2
 
 from wharfd.api.types.runc.options import oci_pb2
 from wharfd.runtime import errors
+from wharfd.runtime.shim.launch import is_generic_options
 
 OPTIONS_TYPE = "containerd.runc.v1.Options"
 CHECKPOINT_OPTIONS_TYPE = "containerd.runc.v1.CheckpointOptions"
@@ -32,8 +33,9 @@ def is_type(any_: any_pb2.Any, name: str) -> bool:
 
 
 def from_any(any_: any_pb2.Any | None) -> oci_pb2.Options | None:
-    """The runc options in ``any_``; None if it is empty; InvalidArgument if it is something else."""
-    if any_ is None or not (any_.type_url or any_.value):
+    """The runc options in ``any_``; None if it is empty or generic (launch.GENERIC_OPTIONS_TYPE);
+    InvalidArgument if it is something else."""
+    if any_ is None or not (any_.type_url or any_.value) or is_generic_options(any_.type_url):
         return None
     if not is_type(any_, OPTIONS_TYPE):
         raise errors.InvalidArgument(f"options: unsupported type {any_.type_url!r}, want {OPTIONS_TYPE}")
