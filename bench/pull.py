@@ -30,12 +30,22 @@ times through CRI PullImage in k8s.io (or ``wharf images pull``, the Transfer
 API, with ``--via transfer``), every image deleted and collected in between.
 Meanwhile a separate client process calls CRI ListImages and containerd
 Images.List in turn, one call every 5 ms over the socket, and times each; the
-same probe with no pull running is the baseline. Also shown: the CPU of the
+same probe with no pull running is the baseline. The probe (kubelet's stand-in)
+and the memory sampler run in sessions of their own, as kubelet runs in a
+service of its own: where the kernel shares the CPU between sessions
+(autogroup), they would otherwise queue behind the registry, which serves
+from this machine and shares the benchmark's session. Also shown: the CPU of the
 daemon's loop thread and of its other threads, how long the loop thread was
 runnable without a core (schedstat), and the peak RSS/PSS of the daemon and
 of the daemon with its fork server and workers. ``--wrap diagnose`` runs the
 daemon with recorders of slow loop callbacks (wall and CPU time), loop lag and
-garbage collections; ``--wrap profile`` with cProfile on its loop thread.
+garbage collections (and each thread's name by kernel thread id; with
+``WHARFD_BENCH_STACKS=0.002`` also samples of every thread's innermost frames),
+written to ``<cache>/diag.json``; ``--wrap profile`` with cProfile on its loop
+thread. Every probe call's start and latency, per pull, goes to
+``<cache>/daemon-calls.json`` beside the daemon's pid: with ``perf record -k
+CLOCK_MONOTONIC -e sched:sched_switch -e sched:sched_wakeup`` run around the
+benchmark, the slow calls can be matched with what each thread was doing.
 """
 
 from __future__ import annotations
@@ -320,6 +330,7 @@ def sampling(sample: Sample, skip: int, root: int | None = None) -> Iterator[Non
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     try:
         yield
@@ -558,10 +569,35 @@ def run(main, **kwargs):
 
 asyncio.run = run
 
+# Every thread's name by kernel thread id (what perf, strace and /proc show), and with
+# $WHARFD_BENCH_STACKS set, every N s the innermost frames of each thread but this sampler's.
+names, stacks = {}, []
+
+def sampler(period):
+    me = threading.get_ident()
+    while True:
+        time.sleep(period)
+        now = time.monotonic()
+        idents = {t.ident: t.native_id for t in threading.enumerate()}
+        for t in threading.enumerate():
+            names[t.native_id] = t.name
+        if period > 0.05:
+            continue
+        for ident, frame in sys._current_frames().items():
+            if ident == me:
+                continue
+            where = []
+            while frame is not None and len(where) < 6:
+                where.append(f"{frame.f_code.co_filename.rsplit('/', 2)[-1]}:{frame.f_lineno}:{frame.f_code.co_name}")
+                frame = frame.f_back
+            stacks.append((now, idents.get(ident, 0), where))
+
+threading.Thread(target=sampler, args=(float(os.environ.get("WHARFD_BENCH_STACKS", "0.5")),), daemon=True).start()
+
 @atexit.register
 def dump():
     with open(os.environ["WHARFD_BENCH_DIAG"], "w") as f:
-        json.dump({"slow": slow, "lags": lags, "gc": collections}, f)
+        json.dump({"slow": slow, "lags": lags, "gc": collections, "threads": names, "stacks": stacks}, f)
 
 sys.exit(daemon.main(sys.argv[1:]))
 """
@@ -598,6 +634,7 @@ def rpc_probe(address: Path, out: dict[str, list[tuple[float, float]]]) -> Itera
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
@@ -807,6 +844,7 @@ def measure_daemon(
         (hosts_dir / DOMAIN / "hosts.toml").write_text(f'server = "{registry.url}"\n')
         d = start_daemon(base / "daemon", hosts_dir, args.wrap)
         windows: list[tuple[float, float]] = []
+        raw: list[dict[str, Any]] = []
         try:
             with d.channel() as channel:
                 for name, blobs in images.items():
@@ -819,6 +857,14 @@ def measure_daemon(
                         windows.append((runs[-1].started, runs[-1].started + runs[-1].wall))
                         remove_images(channel)
                     idle = daemon_idle(d, statistics.median(r.wall for r in runs))
+                    raw.append(
+                        {
+                            "image": name,
+                            "pid": d.proc.pid if d.proc else 0,
+                            "idle": idle,
+                            "runs": [{"started": r.started, "wall": r.wall, "calls": r.calls} for r in runs],
+                        }
+                    )
                     report_daemon(name, blobs, args.via, runs, idle)
         finally:
             code = d.stop(timeout=60)
@@ -826,7 +872,10 @@ def measure_daemon(
                 print(d.log()[-3000:])
             with contextlib.suppress(FileNotFoundError):
                 shutil.copy(d.log_path, Path(args.cache) / "daemon.log")
+            (Path(args.cache) / "daemon-calls.json").write_text(json.dumps(raw))
             if args.wrap == "diagnose":
+                with contextlib.suppress(FileNotFoundError):
+                    shutil.copy(base / "daemon" / "diag.json", Path(args.cache) / "diag.json")
                 report_diagnosis(base / "daemon" / "diag.json", windows)
             elif args.wrap == "profile":
                 out = Path(args.cache) / "daemon.prof"

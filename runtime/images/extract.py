@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar, cast
 
-from wharfd.runtime import errors
+from wharfd.runtime import cpu, errors
 from wharfd.runtime.images.layer import Compression, LayerReader
 from wharfd.runtime.snapshots.layout import disk_usage
 from wharfd.runtime.snapshots.snapshotter import Usage
@@ -215,11 +215,20 @@ WORKER_NICE = 10
 def _start_worker(owner: int) -> None:
     """Worker start-up: lower priority, and end when the daemon that owns the pool dies.
 
+    A session of its own: where the kernel groups tasks for fair scheduling by
+    session (autogroup, the root cgroup's tasks), the worker's CPU time is then
+    not charged to the daemon's group, whose event loop would otherwise wait
+    for its group's turn while layers extract. The long slice
+    (:mod:`wharfd.runtime.cpu`) lets any waking task preempt it.
+
     Pool workers hold both ends of their queues, so a SIGKILLed daemon would
     leave them (and the fork server they keep alive) waiting forever; a thread
     watches the owner's pidfd and exits the worker when it goes.
     """
+    with contextlib.suppress(PermissionError):  # already a session leader
+        os.setsid()
     os.nice(WORKER_NICE)
+    cpu.set_slice(cpu.BULK_SLICE_NS)  # the decode thread it starts inherits it
 
     def watch() -> None:
         try:

@@ -14,7 +14,7 @@ import builtins
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from wharfd.runtime import errors, filters, namespaces
@@ -116,6 +116,9 @@ class ImageStore:
         # Bumped after every write (this process owns the database): caches of what the images
         # say (the CRI's ContainerStatus) stay valid while it is unchanged.
         self.generation = 0
+        # Every image of a namespace as of a generation: kubelet lists images every few seconds,
+        # and answering from memory spares each call a trip through a reader thread.
+        self._listed: dict[str, tuple[int, builtins.list[Image]]] = {}
 
     async def _write(self, fn: Callable[[sqlite3.Connection], Image]) -> Image:
         # Bumped once the transaction has ended, even when the caller went away meanwhile:
@@ -143,11 +146,27 @@ class ImageStore:
         """Images matching any of the filters, sorted by name."""
         ns = namespaces.required()
         flt = filters.parse(filter_strings)
+        # Copies: a caller may change the labels it got.
+        return [
+            replace(img, labels=dict(img.labels)) for img in await self._all(ns) if flt.matches(adaptor(img))
+        ]
+
+    async def _all(self, ns: str) -> builtins.list[Image]:
+        # The generation is read before the rows: rows read after a write's bump are never
+        # stored under the generation before it (see _write).
+        generation = self.generation
+        cached = self._listed.get(ns)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
 
         def read(conn: sqlite3.Connection) -> builtins.list[Image]:
             return [_row(r) for r in conn.execute(_SELECT_ALL, (ns,))]
 
-        return [img for img in await self._db.read(read) if flt.matches(adaptor(img))]
+        rows = await self._db.read(read)
+        # Entries of older generations are dropped: only namespaces listed since the last write stay.
+        self._listed = {k: v for k, v in self._listed.items() if v[0] == generation}
+        self._listed[ns] = (generation, rows)
+        return rows
 
     async def create(self, image: Image) -> Image:
         """Store a new image; AlreadyExists when the name is taken."""

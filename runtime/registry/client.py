@@ -32,7 +32,7 @@ from typing import TypeVar
 
 import aiohttp
 
-from wharfd.runtime import errors
+from wharfd.runtime import cpu, errors
 from wharfd.runtime.images import mediatypes
 from wharfd.runtime.images.manifest import MAX_MANIFEST_SIZE, Descriptor, verify
 from wharfd.runtime.images.reference import Reference
@@ -152,7 +152,17 @@ class Fetcher(Repository):
     def _copy_body(
         self, resp: BlockingResponse, desc: Descriptor, offset: int, writer: BlobWriter, written: list[int]
     ) -> None:
-        """The thread's part: read 1 MiB at a time (the GIL is free meanwhile) and write it."""
+        """The thread's part: read 1 MiB at a time (the GIL is free meanwhile) and write it.
+
+        With the long slice of bulk work, so that the event loop (and anything
+        else) preempts this thread as soon as it wakes.
+        """
+        with cpu.bulk():
+            self._copy_body_bulk(resp, desc, offset, writer, written)
+
+    def _copy_body_bulk(
+        self, resp: BlockingResponse, desc: Descriptor, offset: int, writer: BlobWriter, written: list[int]
+    ) -> None:
         # A server that ignored Range sends everything: skip what we already have.
         skip = offset if resp.status == 200 else 0
         position = offset

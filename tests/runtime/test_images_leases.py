@@ -181,3 +181,32 @@ def test_services_over_grpc(tmp_path: Path) -> None:
                 await server.stop(None)
 
     asyncio.run(main())
+
+
+def test_image_list_is_answered_from_memory_until_a_write(tmp_path: Path) -> None:
+    async def scenario(db: Database) -> None:
+        store = ImageStore(db)
+        await store.create(Image("a", Descriptor(INDEX, DIGEST, 1), {"k": "1"}))
+        first = await store.list()
+        # A changed label of an answer is the caller's: the next answer still has the stored one.
+        first[0].labels["k"] = "changed"
+        assert [i.labels for i in await store.list()] == [{"k": "1"}]
+        # Rows written behind the store's back (it owns the database, so nobody does) are not
+        # seen until the store's own next write: proof that the answer came from memory.
+        await db.write(lambda c: c.execute("UPDATE images SET labels = ? WHERE name = 'a'", ('{"k": "2"}',)))
+        assert [i.labels for i in await store.list()] == [{"k": "1"}]
+        await store.create(Image("b", Descriptor(INDEX, OTHER, 1)))
+        assert [(i.name, i.labels) for i in await store.list()] == [("a", {"k": "2"}), ("b", {})]
+        await store.update(Image("b", Descriptor(INDEX, OTHER, 1), {"x": "y"}), ["labels.x"])
+        assert [i.labels for i in await store.list(["name==b"])] == [{"x": "y"}]
+        await store.delete("a")
+        assert [i.name for i in await store.list()] == ["b"]
+        # Per namespace.
+        namespaces.current.set("other")
+        assert await store.list() == []
+        await store.create(Image("c", Descriptor(INDEX, DIGEST, 1)))
+        assert [i.name for i in await store.list()] == ["c"]
+        namespaces.current.set("default")
+        assert [i.name for i in await store.list()] == ["b"]
+
+    run(tmp_path, scenario)

@@ -298,3 +298,37 @@ def test_workers_warm_up_in_the_background() -> None:
         await workers.close()
 
     asyncio.run(main())
+
+
+def _slice_of_this_thread() -> int:
+    """The calling thread's time slice in ns, as the kernel reports it (0 when it does not)."""
+    with open(f"/proc/self/task/{threading.get_native_id()}/sched") as f:
+        for line in f:
+            if line.startswith("se.slice"):
+                return int(line.split()[-1])
+    return 0
+
+
+def _session_nice_slice() -> tuple[int, int, int]:
+    return os.getsid(0), os.getpriority(os.PRIO_PROCESS, 0), _slice_of_this_thread()
+
+
+def test_workers_run_in_their_own_session_niced_with_a_long_slice() -> None:
+    from wharfd.runtime import cpu
+    from wharfd.runtime.images.extract import WORKER_NICE, Workers
+
+    async def main() -> tuple[int, int, int]:
+        workers = Workers(1)
+        try:
+            return await workers.run(_session_nice_slice)
+        finally:
+            await workers.close()
+
+    session, nice, slice_ns = asyncio.run(main())
+    # Its own session: where the kernel shares the CPU between sessions (autogroup), extraction
+    # is not charged to the daemon's share.
+    assert session not in (os.getsid(0), 0)
+    assert nice == min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE, 19)
+    if cpu.set_slice(cpu.BULK_SLICE_NS) and _slice_of_this_thread() == cpu.BULK_SLICE_NS:
+        cpu.set_slice(0)
+        assert slice_ns == cpu.BULK_SLICE_NS
