@@ -268,7 +268,7 @@ def spares_of(zygote: int) -> list[int]:
     found = []
     for child in Path(f"/proc/{zygote}/task/{zygote}/children").read_text().split():
         with contextlib.suppress(OSError):
-            if Path(f"/proc/{child}/comm").read_text().strip() == "wharf-spare":
+            if Path(f"/proc/{child}/comm").read_text().startswith("wharf-spare"):
                 found.append(int(child))
     return found
 

@@ -331,7 +331,7 @@ def shim_pids(address: str, socket_dir: Path) -> set[int]:
 
 def _is_spare(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/comm").read_text().strip() == "wharf-spare"
+        return Path(f"/proc/{pid}/comm").read_text().startswith("wharf-spare")  # warming up too
     except OSError:
         return False
 

@@ -36,7 +36,7 @@ import logging
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from wharfd.runtime import errors
@@ -79,7 +79,6 @@ class Runc:
     root: str = ""
     systemd_cgroup: bool = False
     log_file: str = ""
-    _devnull: int = field(default=-1, repr=False)
 
     def _spawn(self, args: Sequence[str], log_file: bool, stdio: Sequence[int]) -> asyncio.Future[Exit]:
         argv = self._argv(args, log_file)
@@ -102,11 +101,14 @@ class Runc:
         """Run a one-shot command and return its stdout; RuncError if it fails."""
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        in_r, in_w = os.pipe2(os.O_CLOEXEC) if stdin_data is not None else (self._null(), -1)
+        if stdin_data is not None:
+            in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        else:  # opened per call: a Runc lives as long as its container, its fds must not outlive it
+            in_r, in_w = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
         try:
             exited = self._spawn(args, False, (in_r, out_w, err_w))
         finally:
-            for fd in (out_w, err_w) + ((in_r,) if in_w >= 0 else ()):
+            for fd in (out_w, err_w, in_r):
                 os.close(fd)
         if in_w >= 0:
             _feed(in_w, stdin_data or b"")
@@ -159,11 +161,6 @@ class Runc:
         """``runc state ID`` as a dict."""
         state: dict[str, Any] = json.loads(await self.run(["state", container_id]))
         return state
-
-    def _null(self) -> int:
-        if self._devnull < 0:
-            self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        return self._devnull
 
 
 def _open_exec_fifo(fifo: str) -> int:

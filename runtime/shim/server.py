@@ -152,8 +152,28 @@ def _redirect_stdio(bundle: str) -> None:
         os.close(fd)
 
 
+def check_launch(launch: Launch) -> None:
+    """Raise what becoming ``launch``'s shim would fail on (a missing bundle or shim cgroup).
+
+    The zygote checks before it hands a launch to a spare and answers at once: a launch that
+    cannot start is refused with the reason, not found out after the answer.
+    """
+    if not os.path.isdir(launch.bundle):
+        raise FileNotFoundError(f"bundle {launch.bundle} does not exist")
+    shim_cgroup = launch.runc_options().shim_cgroup
+    if shim_cgroup:
+        _procs_files(shim_cgroup)
+
+
 def join_cgroup(path: str) -> None:
     """Move this process into cgroup ``path`` (v2: the unified one; v1: every controller having it)."""
+    for procs_file in _procs_files(path):
+        with open(procs_file, "w", encoding="ascii") as f:
+            f.write(str(os.getpid()))
+
+
+def _procs_files(path: str) -> list[str]:
+    """The ``cgroup.procs`` files of cgroup ``path``; FileNotFoundError if it has none."""
     procs = []
     if cgroups.UNIFIED:
         procs.append(os.path.join("/sys/fs/cgroup", path.lstrip("/"), "cgroup.procs"))
@@ -164,9 +184,7 @@ def join_cgroup(path: str) -> None:
                 procs.append(candidate)
     if not procs:
         raise FileNotFoundError(f"shim cgroup {path!r} does not exist")
-    for procs_file in procs:
-        with open(procs_file, "w", encoding="ascii") as f:
-            f.write(str(os.getpid()))
+    return procs
 
 
 async def serve(launch: Launch, listener: socket.socket, ready: int = -1) -> int:
@@ -205,7 +223,7 @@ async def serve(launch: Launch, listener: socket.socket, ready: int = -1) -> int
     return 0
 
 
-def warm_up(rounds: int = WARM_ROUNDS) -> None:
+def warm_up(rounds: int = WARM_ROUNDS, *, launch_path: bool = False) -> None:
     """Run the shim's hot paths in this process, without side effects (the zygote, before forking).
 
     Caches built on first use (protobuf descriptor wrappers, asyncio's stream
@@ -213,11 +231,15 @@ def warm_up(rounds: int = WARM_ROUNDS) -> None:
     shim. And Python 3.11 rewrites a function's bytecode in place while it
     warms up and specializes: done here, that write is not repeated, page by
     copied page, in every shim.
+
+    ``launch_path``: only what a launch and its Create run (serving, a call,
+    Create's steps without runc), for a spare (runtime/shim/zygote.py): its
+    copies of those pages are then made before its launch, not during.
     """
-    asyncio.run(_exercise(rounds))
+    asyncio.run(_exercise(rounds, launch_path))
 
 
-async def _exercise(rounds: int) -> None:
+async def _exercise(rounds: int, launch_path: bool = False) -> None:
     from google.protobuf.message import Message
 
     from wharfd.api.events import task_pb2 as events
@@ -252,6 +274,9 @@ async def _exercise(rounds: int) -> None:
             for method, request, response_type in calls:
                 with contextlib.suppress(errors.WharfError):
                     await client.call("containerd.task.v3.Task", method, request, response_type, timeout=5)
+            if launch_path:
+                await _exercise_create(reaper)
+                continue
             for name in publish.TOPICS:
                 publisher.publish("", getattr(events, name)(container_id="x"))
             await publisher.drained()

@@ -316,7 +316,7 @@ def children_of(parent: int, *, spares: bool = False) -> set[int]:
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 stat = (entry / "stat").read_text()
-                is_spare = stat.partition("(")[2].rpartition(")")[0] == "wharf-spare"
+                is_spare = stat.partition("(")[2].rpartition(")")[0].startswith("wharf-spare")
                 if int(stat.rpartition(")")[2].split()[1]) == parent and is_spare == spares:
                     found.add(int(entry.name))
     return found

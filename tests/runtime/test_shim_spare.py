@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,12 +54,12 @@ class Zygote:
         wait_for(lambda: launch._can_connect(self.control))
 
     def spare(self) -> int:
-        """The pid of the waiting spare (waits for one)."""
+        """The pid of the waiting spare, once it has warmed up (waits for one)."""
         found: set[int] = set()
 
         def one() -> bool:
             found.update(children_of(self.proc.pid, spares=True))
-            return len(found) == 1
+            return len(found) == 1 and all(_comm(pid) == "wharf-spare\n" for pid in found)
 
         wait_for(one)
         return found.pop()
@@ -78,7 +79,17 @@ class Zygote:
         )
         reply = launch._request(self.control, request)
         assert reply is not None and isinstance(reply.get("pid"), int), reply
-        pid = int(str(reply["pid"]))
+        # The answer may come before the shim serves (a spare's is given early, and the pid it
+        # names is the spare's even if a fork then takes over): the shim is the child that has
+        # become one in the launch's bundle (its working directory).
+        found: set[int] = set()
+
+        def served() -> bool:
+            found.update(p for p in children_of(self.proc.pid) if _shim_in(p, bundle))
+            return bool(found)
+
+        wait_for(served)
+        (pid,) = found
         self.shims.add(pid)
         return pid, path
 
@@ -98,6 +109,20 @@ def zygote() -> Iterator[Zygote]:
     finally:
         started.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _shim_in(pid: int, bundle: Path) -> bool:
+    try:
+        return _comm(pid) == "wharf-shim\n" and os.readlink(f"/proc/{pid}/cwd") == str(bundle)
+    except OSError:
+        return False
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return ""
 
 
 def fds(pid: int) -> list[tuple[str, int]]:
@@ -199,3 +224,37 @@ def test_a_failed_warm_up_leaves_a_working_zygote(tmp_path: Path) -> None:
         assert pid > 0 and started.proc.poll() is None
     finally:
         started.close()
+
+
+def test_a_spare_is_handed_launches_only_once_warm() -> None:
+    from wharfd.runtime.shim.zygote import WARM, Spare, _warmth
+
+    mine, theirs = socket.socketpair()
+    with mine, theirs:
+        spare = Spare(pid=0, sock=mine, state=())
+        assert _warmth(spare) == "warming"
+        theirs.sendall(WARM + b"ok")
+        assert _warmth(spare) == "warm" and spare.alive
+        assert mine.recv(16) == b"ok"  # only WARM was taken: the readiness answer follows intact
+        assert _warmth(spare) == "warm"
+    mine, theirs = socket.socketpair()
+    with mine:
+        theirs.close()  # died while warming up
+        spare = Spare(pid=0, sock=mine, state=())
+        assert _warmth(spare) == "dead" and not spare.alive
+
+
+def test_a_launch_that_cannot_start_is_refused_before_the_spare_gets_it(zygote: Zygote) -> None:
+    spare = zygote.spare()
+    request = launch.launch_request(
+        launch.Flags(namespace="wharfd-test-ns", id="gone"),
+        bundle=str(zygote.root / "no-such-bundle"),
+        socket_path=str(zygote.root / "gone.sock"),
+        ttrpc_address="",
+        options=b"",
+        env={},
+    )
+    reply = launch._request(zygote.control, request)
+    assert reply is not None and "no-such-bundle does not exist" in str(reply.get("error")), reply
+    assert not (zygote.root / "gone.sock").exists()
+    assert zygote.spare() == spare  # not spent on it
