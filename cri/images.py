@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.runtime import errors
 from wharfd.runtime.content.store import ContentStore
-from wharfd.runtime.images import chainid, manifest, mediatypes, platforms, reference
+from wharfd.runtime.images import chainid, manifest, mediatypes, platforms, reference, walk
 from wharfd.runtime.metadata.images import Descriptor, Image, ImageStore
 
 if TYPE_CHECKING:
@@ -325,8 +325,8 @@ class Catalog:
         desc = manifest.Descriptor(target.media_type, target.digest, target.size)
         size = 0
         for _ in range(_MAX_NESTING):
-            data = await self._read(desc, manifest.MAX_MANIFEST_SIZE)
-            doc = await asyncio.to_thread(manifest.parse, desc, data)  # hashes up to 4 MiB
+            manifest.check_manifest_type(desc.media_type, f"manifest {desc.digest}")
+            doc = await walk.read_index_or_manifest(self.content, desc)
             size += desc.size
             if isinstance(doc, manifest.Manifest):
                 return await self._from_manifest(desc, doc, size)
@@ -343,8 +343,12 @@ class Catalog:
             raise errors.InvalidArgument(
                 f'manifest {desc.digest}: config media type "{doc.config.media_type}" is not an image config'
             )
-        data = await self._read(doc.config, manifest.MAX_CONFIG_SIZE)
-        config = await asyncio.to_thread(_parse_config, doc.config, data)
+        data = await walk.read_blob(self.content, doc.config, limit=manifest.MAX_CONFIG_SIZE)
+        what = f"image config {doc.config.digest}"
+        if len(data) > walk.PARSE_INLINE:
+            config = await asyncio.to_thread(manifest.parse_config, data, what=what)
+        else:
+            config = manifest.parse_config(data, what=what)
         diff_ids = config.diff_ids
         return Resolved(
             config_digest=doc.config.digest,
@@ -353,23 +357,6 @@ class Catalog:
             size=size + doc.config.size + sum(max(layer.size, 0) for layer in doc.layers),
             config=config.raw,
         )
-
-    async def _read(self, desc: manifest.Descriptor, limit: int) -> bytes:
-        path = await self.content.open_blob(desc.digest)
-        return await asyncio.to_thread(_read_limited, path, limit, desc.digest)
-
-
-def _read_limited(path: Any, limit: int, digest: str) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise errors.ResourceExhausted(f"content {digest} is larger than {limit} bytes")
-    return data
-
-
-def _parse_config(desc: manifest.Descriptor, data: bytes) -> manifest.ImageConfig:
-    manifest.verify(desc, data)
-    return manifest.parse_config(data, what=f"image config {desc.digest}")
 
 
 def verbose_info(image: CriImage) -> dict[str, str]:

@@ -53,23 +53,29 @@ async def read_blob(store: ContentStore, desc: Descriptor, *, limit: int = MAX_M
     if desc.size > limit:
         raise errors.ResourceExhausted(f"{desc.digest} is {desc.size} bytes; the limit is {limit}")
     path = await store.open_blob(desc.digest)
-    data = await asyncio.to_thread(_read_limited, str(path), limit + 1)
-    verify(desc, data)
+    return await asyncio.to_thread(_read_verified, str(path), desc, limit)
+
+
+def _read_verified(path: str, desc: Descriptor, limit: int) -> bytes:
+    # One more byte than the limit: a file longer than its descriptor fails the size check.
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    verify(desc, data)  # hashing up to 4 MiB: here, off the event loop
     return data
 
 
-def _read_limited(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(limit)
+# Documents larger than this are parsed on a worker thread (JSON of up to 4 MiB takes tens of ms).
+PARSE_INLINE = 64 << 10
 
 
 async def read_index_or_manifest(store: ContentStore, desc: Descriptor) -> Index | Manifest:
     """Parse the index or manifest ``desc`` names."""
     data = await read_blob(store, desc)
     what = f"{'index' if mediatypes.is_index(desc.media_type) else 'manifest'} {desc.digest}"
-    if mediatypes.is_index(desc.media_type):
-        return parse_index(data, media_type=desc.media_type, what=what)
-    return parse_manifest(data, media_type=desc.media_type, what=what)
+    parse = parse_index if mediatypes.is_index(desc.media_type) else parse_manifest
+    if len(data) > PARSE_INLINE:
+        return await asyncio.to_thread(parse, data, media_type=desc.media_type, what=what)
+    return parse(data, media_type=desc.media_type, what=what)
 
 
 async def parse_stored(store: ContentStore, digest: str, size: int) -> Index | Manifest:
