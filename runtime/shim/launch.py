@@ -191,13 +191,22 @@ def control_path(socket_dir: str, executable: str = "") -> str:
     """The zygote's control socket for this interpreter and this version of the shim code.
 
     ``executable``: the interpreter as the shim binary names it (default ``sys.executable``),
-    for a daemon addressing the zygote of a ``start`` it does in-process.
+    for a daemon addressing the zygote of a ``start`` it does in-process. The code's stamp
+    (~60 stats) is taken at most once per :data:`STAMP_TTL`: a daemon launching shims in a
+    row reuses it, and still finds new code within that long.
     """
     package_dir = os.path.dirname(os.path.abspath(__file__))
-    runtime_dir = os.path.dirname(package_dir)
-    stamp = max(_newest(os.path.join(runtime_dir, d)) for d in CODE_DIRS)
+    now = time.monotonic()
+    if now - _stamp[0] > STAMP_TTL:
+        runtime_dir = os.path.dirname(package_dir)
+        _stamp[:] = [now, max(_newest(os.path.join(runtime_dir, d)) for d in CODE_DIRS)]
+    stamp = _stamp[1]
     tag = hashlib.sha256(f"{executable or sys.executable}\0{package_dir}\0{stamp}".encode()).hexdigest()[:12]
     return os.path.join(socket_dir, f"wharf-zygote-{tag}.sock")
+
+
+STAMP_TTL = 1.0
+_stamp: list[float] = [-STAMP_TTL - 1.0, 0]  # (when taken, the newest mtime of the shim code)
 
 
 def _newest(directory: str) -> int:
