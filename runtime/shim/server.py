@@ -62,8 +62,19 @@ class Launch:
         return opts
 
 
+@dataclass
+class Prepared:
+    """A shim made as far as it can be without its launch (:func:`prepare`)."""
+
+    runner: asyncio.Runner
+    reaper: Reaper
+    publisher: Publisher
+    service: TaskService
+    server: TtrpcServer
+
+
 def run(
-    launch: Launch, listener: socket.socket, ready: int = -1, *, prepared: asyncio.Runner | None = None
+    launch: Launch, listener: socket.socket, ready: int = -1, *, prepared: Prepared | None = None
 ) -> NoReturn:
     """Become the shim for ``launch`` (in a forked child), serve until shut down, and exit.
 
@@ -73,10 +84,10 @@ def run(
     """
     code = 1
     try:
-        runner = prepared or prepare()
+        shim = prepared or prepare()
         _become_daemon(launch)
-        with runner:
-            code = runner.run(serve(launch, listener, ready))
+        with shim.runner:
+            code = shim.runner.run(serve(launch, listener, ready, shim))
     except BaseException as exc:
         log.exception("shim %s failed", launch.id)
         _report(ready, f"shim {launch.id}: {type(exc).__name__}: {exc}")
@@ -91,11 +102,13 @@ def _report(ready: int, message: str) -> None:
         os.close(ready)
 
 
-def prepare() -> asyncio.Runner:
-    """The part of becoming a shim that needs no launch details; return the runner to serve with.
+def prepare() -> Prepared:
+    """The part of becoming a shim that needs no launch details.
 
-    Own session, default signal handlers, child subreaper, and the event loop
-    made. A pre-forked spare (runtime/shim/zygote.py) does it before its launch arrives.
+    Own session, default signal handlers, child subreaper, the event loop, the
+    reaper on it, and the Task service registered on a ttrpc server not yet
+    listening: the launch only fills in its details (:func:`serve`). A pre-forked
+    spare (runtime/shim/zygote.py) does it before its launch arrives.
     """
     with contextlib.suppress(PermissionError):  # already a process group leader (re-exec style)
         os.setsid()
@@ -104,8 +117,13 @@ def prepare() -> asyncio.Runner:
     if prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
     runner = asyncio.Runner()  # what asyncio.run() makes
-    runner.get_loop()
-    return runner
+    reaper = Reaper({})  # the launch's environment comes with it (os.environ stays the zygote's)
+    reaper.install(runner.get_loop())
+    publisher = Publisher("")
+    service = TaskService(namespace="", reaper=reaper, publisher=publisher, opts=oci_pb2.Options())
+    server = TtrpcServer(require_same_user=True)
+    service.register(server)
+    return Prepared(runner, reaper, publisher, service, server)
 
 
 def _become_daemon(launch: Launch) -> None:
@@ -187,22 +205,14 @@ def _procs_files(path: str) -> list[str]:
     return procs
 
 
-async def serve(launch: Launch, listener: socket.socket, ready: int = -1) -> int:
+async def serve(launch: Launch, listener: socket.socket, ready: int, shim: Prepared) -> int:
     """Serve the Task API on ``listener`` until Shutdown (or SIGTERM); return the exit code."""
     loop = asyncio.get_running_loop()
-    reaper = Reaper(launch.env)  # os.environ stays the zygote's: rewriting it costs every shim pages
-    reaper.install(loop)
-    publisher = Publisher(launch.ttrpc_address)
-    publisher.start()
-    service = TaskService(
-        namespace=launch.namespace,
-        reaper=reaper,
-        publisher=publisher,
-        opts=launch.runc_options(),
-        version=launch.version,
-    )
-    server = TtrpcServer(require_same_user=True)
-    service.register(server)
+    shim.reaper.env = dict(launch.env)  # os.environ stays the zygote's: rewriting it costs pages
+    shim.publisher.address = launch.ttrpc_address.removeprefix("unix://")
+    shim.publisher.start()
+    service, server = shim.service, shim.server
+    service.namespace, service.opts, service.version = launch.namespace, launch.runc_options(), launch.version
     await server.listen_socket(listener)
     loop.add_signal_handler(signal.SIGTERM, service.shutdown_requested.set)
     log.debug("serving on %s (pid %d)", launch.socket_path, os.getpid())
@@ -215,10 +225,10 @@ async def serve(launch: Launch, listener: socket.socket, ready: int = -1) -> int
     await service.close()
     try:
         async with asyncio.timeout(EVENT_FLUSH_SECONDS):
-            await publisher.drained()
+            await shim.publisher.drained()
     except TimeoutError:
         log.warning("exiting with unsent events")
-    await publisher.close()
+    await shim.publisher.close()
     log.debug("shut down")
     return 0
 

@@ -361,7 +361,7 @@ def _serve_as_spare(sock: socket.socket, zygote: int, version: str) -> NoReturn:
         _warm_up_here()
         _set_name(SPARE_NAME)
         sock.sendall(WARM)
-        runner = server.prepare()
+        prepared = server.prepare()
         first, fds, _, _ = socket.recv_fds(sock, 1, 1)
         if not first or len(fds) != 1:
             os._exit(0)  # end of file: the zygote went away
@@ -375,7 +375,7 @@ def _serve_as_spare(sock: socket.socket, zygote: int, version: str) -> NoReturn:
         with contextlib.suppress(OSError):
             sock.sendall(f"spare: {type(exc).__name__}: {exc}".encode()[:4000])
         os._exit(1)
-    server.run(launch, listener, sock.detach(), prepared=runner)
+    server.run(launch, listener, sock.detach(), prepared=prepared)
 
 
 def _warm_up_here() -> None:
