@@ -24,6 +24,10 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="tasks need root (mounts, runc)"),
     pytest.mark.skipif(RUNC is None, reason="runc is not installed"),
     pytest.mark.skipif(not (KSM_DIR / "run").exists(), reason="the kernel has no KSM (CONFIG_KSM)"),
+    pytest.mark.skipif(
+        not Path("/proc/self/ksm_merging_pages").exists(),
+        reason="the kernel reports no KSM pages per process (< 6.1)",
+    ),
     pytest.mark.timeout(180),
 ]
 
