@@ -98,8 +98,8 @@ def memory(pid: int) -> tuple[int, int]:
 
 
 class Bench:
-    def __init__(self, root: Path, pods: int, merge_wait: float) -> None:
-        self.root, self.pods, self.merge_wait = root, pods, merge_wait
+    def __init__(self, root: Path, pods: int, merge_wait: float, ksm_idle: float = 0.0) -> None:
+        self.root, self.pods, self.merge_wait, self.ksm_idle = root, pods, merge_wait, ksm_idle
         self.rootfs = root / "busybox"
         self.spec = self._spec()
         self.log_fds: list[int] = []
@@ -201,6 +201,12 @@ class Bench:
                 result["KSM: full scans meanwhile"] = scans
                 result["KSM: ksmd CPU % of one core meanwhile"] = (ksmd_cpu_seconds() - cpu) / waited * 100
                 result.update(self.usage(kind, pids, "after KSM: "))
+                if self.ksm_idle:  # what keeping them merged costs, the shims idle
+                    cpu = ksmd_cpu_seconds()
+                    await asyncio.sleep(self.ksm_idle)
+                    result["KSM: ksmd CPU % of one core, steady, shims idle"] = (
+                        (ksmd_cpu_seconds() - cpu) / self.ksm_idle * 100
+                    )
             return result
         finally:
             await self.teardown(kind, pods)
@@ -305,6 +311,9 @@ async def main() -> None:
     parser.add_argument(
         "--merge-wait", type=float, default=300.0, help="longest wait for ksmd's two full scans (0: none)"
     )
+    parser.add_argument(
+        "--ksm-idle", type=float, default=0.0, help="then measure ksmd's CPU for this many seconds (0: not)"
+    )
     args = parser.parse_args()
     if args.ksm == "daemon":
         enable_ksmd()
@@ -312,7 +321,7 @@ async def main() -> None:
     events = TtrpcServer()
     events.register("containerd.services.events.ttrpc.v1.Events", "Forward", _forward)
     await events.listen(root / "d.ttrpc")
-    bench = Bench(root, args.pods, args.merge_wait)
+    bench = Bench(root, args.pods, args.merge_wait, args.ksm_idle)
     results = {}
     try:
         results["containerd-shim-runc-v2 (stock)"] = await bench.measure("stock")
