@@ -162,7 +162,9 @@ class TaskManager:
             copier = shim.LogCopier(bundle, log_fd)
             if isinstance(launched, BaseException):
                 raise launched
-            address = launched or await self._shim_for(bundle, binary, request.options, annotations)
+            address = launched or await self.launcher.start(
+                binary, bundle, request.options, annotations, in_process=False
+            )
             # bootstrap.json is written while the shim creates the task; Create answers
             # only once it is on disk, so a recovered daemon finds every task it reported.
             recorded = asyncio.ensure_future(asyncio.to_thread(bundle.write_bootstrap, address))
@@ -214,7 +216,8 @@ class TaskManager:
         shim's address: the sandbox's to join, or our shim started in-process. Blocking.
 
         A failure after the bundle is made is returned, not raised: the caller owns the log's fd
-        and undoes the bundle. None: the caller starts the shim (:meth:`_shim_for`).
+        and undoes the bundle. None: the caller exec's the shim's ``start`` (our shim too, when
+        no zygote runs yet: ``start`` launches one).
         """
         log_fd, annotations = _make_bundle(bundle, binary, request.spec_json)
         try:
@@ -228,17 +231,6 @@ class TaskManager:
         except Exception as exc:
             return log_fd, annotations, exc
         return log_fd, annotations, None
-
-    async def _shim_for(
-        self, bundle: Bundle, binary: str, options: any_pb2.Any | None, annotations: dict[str, str]
-    ) -> ShimAddress:
-        """The sandbox's v3 shim when there is one to join, else whatever ``start`` answers."""
-        group = next((annotations[k] for k in GROUP_ANNOTATIONS if annotations.get(k)), "")
-        sandbox = self._tasks.get((bundle.namespace, group)) if group and group != bundle.id else None
-        if sandbox is not None and sandbox.dead is None and sandbox.address.version >= 3:
-            await asyncio.to_thread(bundle.write_file, SANDBOX_FILE, group)
-            return sandbox.address
-        return await self.launcher.start(binary, bundle, options, annotations)
 
     # -- delete ---------------------------------------------------------------------------------
 

@@ -127,12 +127,15 @@ class Launcher:
         bundle: Bundle,
         options: any_pb2.Any | None,
         annotations: dict[str, str] | None = None,
+        *,
+        in_process: bool = True,
     ) -> ShimAddress:
         """Run ``start`` and return the shim's address; Unavailable with the shim's stderr on failure.
 
         ``annotations``: the spec's, when the caller has them (else read from config.json).
+        ``in_process``: try :meth:`start_ours` first for our shim (off: the caller just did).
         """
-        if is_ours(binary):
+        if in_process and is_ours(binary):
             # Our own shim: its start protocol in-process, sparing an interpreter's exec.
             address = await asyncio.to_thread(self.start_ours, binary, bundle, options, annotations)
             if address is not None:
