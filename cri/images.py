@@ -18,7 +18,6 @@ for this platform, not an image) are left out, as containerd leaves them out.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
@@ -344,11 +343,7 @@ class Catalog:
                 f'manifest {desc.digest}: config media type "{doc.config.media_type}" is not an image config'
             )
         data = await walk.read_blob(self.content, doc.config, limit=manifest.MAX_CONFIG_SIZE)
-        what = f"image config {doc.config.digest}"
-        if len(data) > walk.PARSE_INLINE:
-            config = await asyncio.to_thread(manifest.parse_config, data, what=what)
-        else:
-            config = manifest.parse_config(data, what=what)
+        config = await walk.parse_sized(manifest.parse_config, data, what=f"image config {doc.config.digest}")
         diff_ids = config.diff_ids
         return Resolved(
             config_digest=doc.config.digest,

@@ -14,8 +14,9 @@ import asyncio
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from wharfd.runtime import errors
 from wharfd.runtime.content.store import ContentStore, Info
@@ -33,6 +34,7 @@ from wharfd.runtime.images.manifest import (
 from wharfd.runtime.images.platforms import Matcher
 from wharfd.runtime.metadata import images as records
 
+T = TypeVar("T")
 DISTRIBUTION_SOURCE = labels.DISTRIBUTION_SOURCE
 # Blob files are read in pieces of this size (off the event loop).
 READ_CHUNK = 1 << 20
@@ -68,14 +70,19 @@ def _read_verified(path: str, desc: Descriptor, limit: int) -> bytes:
 PARSE_INLINE = 64 << 10
 
 
+async def parse_sized(parse: Callable[..., T], data: bytes, **kwargs: Any) -> T:
+    """``parse(data, **kwargs)``: on a worker thread when ``data`` is large, else here."""
+    if len(data) > PARSE_INLINE:
+        return await asyncio.to_thread(parse, data, **kwargs)
+    return parse(data, **kwargs)
+
+
 async def read_index_or_manifest(store: ContentStore, desc: Descriptor) -> Index | Manifest:
     """Parse the index or manifest ``desc`` names."""
     data = await read_blob(store, desc)
     what = f"{'index' if mediatypes.is_index(desc.media_type) else 'manifest'} {desc.digest}"
     parse = parse_index if mediatypes.is_index(desc.media_type) else parse_manifest
-    if len(data) > PARSE_INLINE:
-        return await asyncio.to_thread(parse, data, media_type=desc.media_type, what=what)
-    return parse(data, media_type=desc.media_type, what=what)
+    return await parse_sized(parse, data, media_type=desc.media_type, what=what)
 
 
 async def parse_stored(store: ContentStore, digest: str, size: int) -> Index | Manifest:
