@@ -74,7 +74,7 @@ class RuntimeService(cri_grpc.RuntimeServiceServicer):
     ) -> cri.VersionResponse:
         # kubelet refuses a runtime whose Version leaves any of these four empty.
         return cri.VersionResponse(
-            version=version.CRI_VERSION,
+            version=version.VERSION,
             runtime_name=version.RUNTIME_NAME,
             runtime_version=version.version(),
             runtime_api_version=version.CRI_API_VERSION,

@@ -6,14 +6,12 @@ import functools
 import subprocess
 from pathlib import Path
 
-PACKAGE = "wharfd"
 # The one place the version is written: pyproject.toml reads it from here (setuptools ``attr``).
 VERSION = "0.1.0"
 # The CRI names the runtime; kubelet shows "<runtime_name>://<runtime_version>".
 RUNTIME_NAME = "wharfd"
 # The version of the CRI API served (Version.version in the CRI; kubelet needs it non-empty).
 CRI_API_VERSION = "v1"
-CRI_VERSION = VERSION
 
 
 def version() -> str:

@@ -14,10 +14,9 @@ import grpc
 
 from wharfd.api.services.diff.v1 import diff_pb2 as pb
 from wharfd.api.services.diff.v1 import diff_pb2_grpc as pb_grpc
-from wharfd.api.types import descriptor_pb2, mount_pb2
-from wharfd.runtime.metadata.images import Descriptor
+from wharfd.api.types import mount_pb2
 from wharfd.runtime.services import boundary
-from wharfd.runtime.services.convert import descriptor_to_proto
+from wharfd.runtime.services.convert import descriptor_from_proto, descriptor_to_proto
 from wharfd.runtime.services.differ import WalkingDiffer
 from wharfd.runtime.snapshots.snapshotter import Mount
 
@@ -26,10 +25,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 
 def _mount_from(msg: mount_pb2.Mount) -> Mount:
     return Mount(type=msg.type, source=msg.source, target=msg.target, options=tuple(msg.options))
-
-
-def _descriptor_from(msg: descriptor_pb2.Descriptor) -> Descriptor:
-    return Descriptor(msg.media_type, msg.digest, msg.size, dict(msg.annotations))
 
 
 class DiffService(pb_grpc.DiffServicer):
@@ -43,7 +38,9 @@ class DiffService(pb_grpc.DiffServicer):
     async def Apply(self, request: pb.ApplyRequest, context: Context) -> pb.ApplyResponse:
         """Apply a layer blob onto mounts."""
         mounts = [_mount_from(m) for m in request.mounts]
-        applied = await self._differ.apply(_descriptor_from(request.diff), mounts, sync_fs=request.sync_fs)
+        applied = await self._differ.apply(
+            descriptor_from_proto(request.diff), mounts, sync_fs=request.sync_fs
+        )
         return pb.ApplyResponse(applied=descriptor_to_proto(applied))
 
     @boundary.unary

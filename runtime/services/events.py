@@ -16,7 +16,6 @@ from wharfd.runtime.events import Exchange, validate_topic
 from wharfd.runtime.services import boundary
 
 Context = grpc.aio.ServicerContext[Any, Any]
-TTRPC_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 
 
 class EventsService(pb_grpc.EventsServicer):

@@ -21,8 +21,6 @@ from wharfd.api.types import platform_pb2
 from wharfd.runtime import errors, filters, plugin
 from wharfd.runtime.services import boundary
 
-# The canonical text form; the uuid module (~0.3 MiB) is not needed for one random id.
-
 
 def _pidns() -> int:
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -84,13 +83,8 @@ class LazyService(_GenericRpcHandler):
         self._build = build
         self._prefix = f"/{api.service}/"
         self._handlers: dict[str, Handler] | None = None
+        # One load at a time (the daemon's one loop): the calls that come meanwhile wait for it.
         self._loading: asyncio.Future[dict[str, Handler]] | None = None
-        self._lock = threading.Lock()  # the servicer is built once, whichever loop or thread asks
-
-    @property
-    def loaded(self) -> bool:
-        """Whether the implementation has been imported and its servicer built."""
-        return self._handlers is not None
 
     def register(self, server: grpc.aio.Server) -> None:
         """Add this service to a gRPC server (before it starts)."""
@@ -120,15 +114,13 @@ class LazyService(_GenericRpcHandler):
     async def _load(self) -> dict[str, Handler]:
         try:
             module = await asyncio.to_thread(importlib.import_module, self.api.module)
-            with self._lock:
-                if self._handlers is None:
-                    capture = _Capture()
-                    self._build(module).register(capture)  # type: ignore[arg-type]
-                    missing = set(self.api.methods) - {m[len(self._prefix) :] for m in capture.handlers}
-                    if missing:
-                        raise RuntimeError(f"{self.api.module} does not serve {sorted(missing)}")
-                    self._handlers = capture.handlers
-                return self._handlers
+            capture = _Capture()
+            self._build(module).register(capture)  # type: ignore[arg-type]
+            missing = set(self.api.methods) - {m[len(self._prefix) :] for m in capture.handlers}
+            if missing:
+                raise RuntimeError(f"{self.api.module} does not serve {sorted(missing)}")
+            self._handlers = capture.handlers
+            return self._handlers
         except BaseException:
             self._loading = None  # the next call tries again
             raise
