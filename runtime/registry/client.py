@@ -32,14 +32,21 @@ from typing import TypeVar
 
 import aiohttp
 
-from wharfd.runtime import cpu, errors
+from wharfd.runtime import errors
 from wharfd.runtime.images import mediatypes
 from wharfd.runtime.images.manifest import MAX_MANIFEST_SIZE, Descriptor, verify
 from wharfd.runtime.images.reference import Reference
 from wharfd.runtime.registry.hosts import Capability
 from wharfd.runtime.registry.push import Pusher
 from wharfd.runtime.registry.repository import Failures, Repository, as_ref, is_manifest_type
-from wharfd.runtime.registry.transport import CHUNK_SIZE, BlockingResponse, Response, Transport, error_for
+from wharfd.runtime.registry.transport import (
+    CHUNK_SIZE,
+    BlockingResponse,
+    Response,
+    Transport,
+    error_for,
+    run_blocking,
+)
 
 BlobWriter = Callable[[memoryview], object]
 """Where fetched bytes go (a content-store ingest's blocking write): told nothing but the bytes, in order.
@@ -131,9 +138,7 @@ class Fetcher(Repository):
         if offset == desc.size:
             return
         resp = await self._open(desc, offset, self.transport.request_blocking)
-        copying = asyncio.ensure_future(
-            asyncio.to_thread(self._copy_body, resp, desc, offset, writer, written)
-        )
+        copying = asyncio.ensure_future(run_blocking(self._copy_body, resp, desc, offset, writer, written))
         cancelled = False
         while not copying.done():
             try:
@@ -152,17 +157,8 @@ class Fetcher(Repository):
     def _copy_body(
         self, resp: BlockingResponse, desc: Descriptor, offset: int, writer: BlobWriter, written: list[int]
     ) -> None:
-        """The thread's part: read 1 MiB at a time (the GIL is free meanwhile) and write it.
-
-        With the long slice of bulk work, so that the event loop (and anything
-        else) preempts this thread as soon as it wakes.
-        """
-        with cpu.bulk():
-            self._copy_body_bulk(resp, desc, offset, writer, written)
-
-    def _copy_body_bulk(
-        self, resp: BlockingResponse, desc: Descriptor, offset: int, writer: BlobWriter, written: list[int]
-    ) -> None:
+        """The thread's part (a registry I/O thread, transport.run_blocking): read 1 MiB at a time
+        (the GIL is free meanwhile) and write it."""
         # A server that ignored Range sends everything: skip what we already have.
         skip = offset if resp.status == 200 else 0
         position = offset

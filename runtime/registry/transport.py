@@ -28,7 +28,9 @@ reads 1 MiB at a time holds the GIL only between its system calls.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import http.client
 import json
@@ -43,7 +45,7 @@ import aiohttp
 import multidict
 import yarl
 
-from wharfd.runtime import errors, version
+from wharfd.runtime import cpu, errors, version
 from wharfd.runtime.registry.auth import Authorizer, CredentialsFn, parse_challenges
 from wharfd.runtime.registry.hosts import Capability, HostsConfig, RegistryHost, split_port
 
@@ -93,6 +95,7 @@ class Response(Protocol):
 
 
 R = TypeVar("R", bound=Response)
+T = TypeVar("T")
 
 
 @functools.cache
@@ -108,11 +111,17 @@ class BlockingResponse:
     the socket, which then fails.
     """
 
-    def __init__(self, method: str, url: yarl.URL, conn: http.client.HTTPConnection) -> None:
-        """Wrap ``conn``, on which :meth:`send` will issue ``method url``."""
+    def __init__(
+        self, method: str, url: yarl.URL, conn: http.client.HTTPConnection, read_timeout: float | None = None
+    ) -> None:
+        """Wrap ``conn``, on which :meth:`send` will issue ``method url``.
+
+        ``conn``'s own timeout bounds the connect; ``read_timeout`` every blocking step after it.
+        """
         self.method = method
         self.url = url
         self._conn = conn
+        self._read_timeout = read_timeout
         self._resp: http.client.HTTPResponse | None = None
         self._headers: multidict.CIMultiDictProxy[str] = multidict.CIMultiDictProxy(multidict.CIMultiDict())
         self._aborted = threading.Event()
@@ -122,6 +131,8 @@ class BlockingResponse:
         self._conn.connect()
         if self._aborted.is_set():  # checked after the socket exists: abort() shuts it down otherwise
             raise ConnectionAbortedError("request aborted")
+        if self._conn.sock is not None:
+            self._conn.sock.settimeout(self._read_timeout)
         # Everything goes as given: no Accept-Encoding (blobs must arrive as stored) nor a second Host.
         self._conn.putrequest(self.method, self.url.raw_path_qs, skip_host=True, skip_accept_encoding=True)
         for key, value in {"Host": _host_header(self.url), **headers}.items():
@@ -149,7 +160,7 @@ class BlockingResponse:
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes of the body (all with -1), read in a thread."""
         assert self._resp is not None
-        return await asyncio.to_thread(self._resp.read, None if n < 0 else n)
+        return await run_blocking(self._resp.read, None if n < 0 else n)
 
     def readinto(self, buffer: memoryview) -> int:
         """Fill ``buffer`` with body bytes as far as they come (blocking); 0 at the end."""
@@ -165,7 +176,8 @@ class BlockingResponse:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def release(self) -> None:
-        """Close the connection (call once no thread reads it)."""
+        """Close the connection; a read still blocked on it (one given up on) fails at once."""
+        self.abort()
         self._conn.close()
 
     async def __aenter__(self) -> Self:
@@ -173,6 +185,26 @@ class BlockingResponse:
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
+
+
+# Threads for the blocking registry steps (a request's headers, a blob's body), apart from the
+# loop's default executor: a blob download holds its thread for the whole blob, and concurrent
+# pulls would otherwise take every thread the daemon's other calls hop to. Bulk work: each has
+# the long time slice (runtime/cpu.py), so the event loop preempts it when it wakes.
+IO_THREADS = 32
+
+
+@functools.cache
+def _io_pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(
+        IO_THREADS, "registry-io", initializer=cpu.set_slice, initargs=(cpu.BULK_SLICE_NS,)
+    )
+
+
+def run_blocking(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """``fn(*args)`` on a registry I/O thread (with the caller's context variables)."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args)
+    return asyncio.get_running_loop().run_in_executor(_io_pool(), call)
 
 
 def _close_after(sending: asyncio.Future[None], resp: BlockingResponse) -> None:
@@ -207,6 +239,7 @@ class Transport:
     ) -> None:
         config = hosts if hosts is not None else HostsConfig()
         self._hosts_fn: HostsFn = config.hosts if isinstance(config, HostsConfig) else config
+        self.connect_timeout = connect_timeout
         self.progress_timeout = progress_timeout
         self.max_retries = max_retries
         self.retry_delay = retry_delay
@@ -437,7 +470,8 @@ class Transport:
     async def _send_blocking_once(
         self, method: str, url: yarl.URL, headers: dict[str, str], tls: ssl.SSLContext | bool
     ) -> BlockingResponse:
-        host, port, timeout = url.raw_host or "", url.port, self.progress_timeout
+        # The connect is bounded as the pooled client's is; each step after it by the progress timeout.
+        host, port, timeout = url.raw_host or "", url.port, self.connect_timeout
         if url.scheme == "https":
             context = tls if isinstance(tls, ssl.SSLContext) else await asyncio.to_thread(_default_tls)
             conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -445,8 +479,8 @@ class Transport:
             )
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        resp = BlockingResponse(method, url, conn)
-        sending = asyncio.ensure_future(asyncio.to_thread(resp.send, headers, None))
+        resp = BlockingResponse(method, url, conn, self.progress_timeout)
+        sending = asyncio.ensure_future(run_blocking(resp.send, headers, None))
         try:
             await asyncio.shield(sending)
         except asyncio.CancelledError:
@@ -519,8 +553,8 @@ async def error_for(resp: Response, what: str) -> errors.WharfError:
 async def _detail(resp: Response) -> str:
     try:
         raw = await read_body(resp, _ERROR_BODY_LIMIT, wait=5)
-    except (TimeoutError, aiohttp.ClientError):
-        return ""
+    except (TimeoutError, aiohttp.ClientError, http.client.HTTPException, OSError):
+        return ""  # an error reply's body is only detail: the status says what happened
     finally:
         resp.release()
     try:

@@ -7,6 +7,8 @@ client must turn it into a typed error naming the object, or recover.
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -368,3 +370,23 @@ def test_forbidden_is_permission_denied() -> None:
 
     routes = {"/v2/test/secret/manifests/1": forbidden, "/v2/test/secret/blobs/{digest}": forbidden}
     asyncio.run(_with_fake(routes, body))
+
+
+@BOTH
+def test_an_error_reply_cut_short_is_still_a_typed_error(blocking: bool) -> None:
+    async def cut(request: web.Request) -> web.StreamResponse:
+        # A 500 whose promised body never arrives: the connection is reset half way.
+        resp = web.StreamResponse(status=500, headers={"Content-Length": "1000"})
+        await resp.prepare(request)
+        assert request.transport is not None
+        request.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )  # closed with a reset, not an end of file
+        request.transport.abort()
+        return resp
+
+    async def body(resolver: Resolver, host: str) -> None:
+        with pytest.raises(errors.Unavailable, match=r"registry error \(HTTP 500\)"):
+            await _get(resolver.fetcher(f"{host}/test/cut:1"), BLOB_DESC, blocking)
+
+    asyncio.run(_with_fake({"/v2/test/cut/blobs/{digest}": cut}, body, retry_delay=0.01))
