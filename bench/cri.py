@@ -51,10 +51,10 @@ from e2e.cri_support import BUSYBOX_REF, CONTAINERD, RUNC, TIMEOUT, CriRig, Stoc
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 
-# containerd 2.x on a comparable node, from the issue this work answers (milliseconds / MiB).
 # The longest wait for ksmd to reach a steady state over the pods' shims (bench/ksm.py).
 MERGE_WAIT = 300.0
 
+# containerd 2.x on a comparable node, from the issue this work answers (milliseconds / MiB).
 QUOTED = {
     "RunPodSandbox": 131.0,
     "CreateContainer": 17.0,

@@ -89,7 +89,8 @@ async def invoke(
         start_new_session=True,
     )
     try:
-        out, err = await _communicate(proc, config, timeout)
+        # Only what changes the node is seen through: a CHECK, STATUS or VERSION stops at once.
+        out, err = await _communicate(proc, config, timeout, finish=invocation.command in _FINISHED)
     except TimeoutError:
         raise errors.DeadlineExceeded(
             f"CNI plugin {kind} {invocation.command} for {invocation.container_id}: no answer in {timeout:g}s"
@@ -107,13 +108,21 @@ async def invoke(
     return answer if isinstance(answer, dict) else None
 
 
-async def _communicate(proc: asyncio.subprocess.Process, stdin: bytes, timeout: float) -> tuple[bytes, bytes]:
+# Commands a cancelled caller still lets finish: stopped half-way, they leave what their undo
+# never hears of (an address, a veth).
+_FINISHED = frozenset({"ADD", "DEL", "GC"})
+
+
+async def _communicate(
+    proc: asyncio.subprocess.Process, stdin: bytes, timeout: float, *, finish: bool = True
+) -> tuple[bytes, bytes]:
     """The plugin's (stdout, stderr); TimeoutError once it was killed for overrunning ``timeout``.
 
-    A caller going away does not stop the plugin: one stopped half-way may hold
-    what its DEL never hears of (an address, a veth), so it runs to its end (or
-    its timeout) first, and the caller's undo then finds everything it did.
-    Only a second cancellation kills it at once.
+    With ``finish``, a caller going away does not stop the plugin: one stopped
+    half-way may hold what its DEL never hears of (an address, a veth), so it
+    runs to its end (or its timeout) first, and the caller's undo then finds
+    everything it did. Only a second cancellation kills it at once. Without,
+    the first cancellation kills it.
     """
     deadline = asyncio.get_running_loop().time() + timeout
     talk = asyncio.ensure_future(proc.communicate(stdin))
@@ -125,7 +134,7 @@ async def _communicate(proc: asyncio.subprocess.Process, stdin: bytes, timeout: 
                     out, err = await asyncio.shield(talk)
                 break
             except asyncio.CancelledError:
-                if cancelled:
+                if cancelled or not finish:
                     raise
                 cancelled = True
     except BaseException:

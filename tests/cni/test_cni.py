@@ -279,6 +279,28 @@ def test_a_cancelled_plugin_runs_to_its_end_first(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_a_cancelled_check_stops_at_once(tmp_path: Path) -> None:
+    """CHECK changes nothing: a caller going away kills it at once (a restart's checks do not hold shutdown)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    done = tmp_path / "done"
+    slow = bin_dir / "slow"
+    slow.write_text(f"#!/bin/sh\nsleep 0.5\ntouch {done}\n")
+    slow.chmod(0o755)
+    invocation = cniexec.Invocation("CHECK", "c1", "/proc/self/ns/net", "eth0")
+
+    async def main() -> None:
+        call = asyncio.ensure_future(cniexec.invoke("slow", invocation, b"{}", [str(bin_dir)]))
+        await asyncio.sleep(0.1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await asyncio.sleep(1)
+        assert not done.exists()
+
+    asyncio.run(main())
+
+
 @pytest.mark.parametrize("serially", [False, True])
 def test_pod_loopback_beside_the_networks_unless_serially(tmp_path: Path, serially: bool) -> None:
     """go-cni attaches a pod's networks (loopback among them) side by side; setup_serially keeps them in order."""
