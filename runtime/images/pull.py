@@ -33,7 +33,6 @@ flight, the image record and the plugin.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from google.protobuf.message import Message
 
 from wharfd.api.events import image_pb2 as events_pb2
-from wharfd.runtime import errors, namespaces, plugin
+from wharfd.runtime import errors, namespaces, plugin, registry
 from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.images import labels as L
 from wharfd.runtime.images import platforms, walk
@@ -179,9 +178,8 @@ class Puller:
         if opts.unpack and not opts.all_platforms:
             self.unpacker.workers.warm()  # while the manifests arrive
         try:
-            # The registry client (and aiohttp) loads with the first pull, not with the daemon; on a
-            # thread, so that the loop serves other calls during that first import (~0.3 s here).
-            await asyncio.to_thread(importlib.import_module, "wharfd.runtime.registry.client")
+            # The registry client (and aiohttp) loads with the first pull, not with the daemon.
+            await registry.load()
             from wharfd.runtime.registry import HostsConfig, Resolver, Transport
 
             async with self.leases.held(L.LEASE_LIFETIME) as lease:

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from wharfd.runtime import errors
+from wharfd.runtime import errors, registry
 from wharfd.runtime.content.store import ContentStore
 from wharfd.runtime.images import labels, walk
 from wharfd.runtime.images.destination import ANNOTATION_REF_SOURCE, Destination, Unpack
@@ -139,6 +139,7 @@ class LocalTransfer:
         report.status(f"Pushing to {dest}")
         report(Progress("pushing content", image.name, desc=target))
         # The registry client (and aiohttp) loads with the first push or pull, not with the daemon.
+        await registry.load()
         from wharfd.runtime.images.push import PushOptions, push_image
         from wharfd.runtime.registry import HostsConfig, Resolver, Transport
 
