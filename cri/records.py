@@ -21,7 +21,6 @@ import base64
 import enum
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Generic, Self, TypeVar
 from google.protobuf import any_pb2
 
 from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.cri.atomic_file import write_atomic
 from wharfd.runtime import errors
 from wharfd.runtime.metadata.containers import Container as Record
 
@@ -56,17 +56,6 @@ def now_ns() -> int:
 
 
 # --- status files ---------------------------------------------------------------------------------
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A name of its own per write: two writers must never rename each other's file.
-    tmp = path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _b64(data: bytes) -> str:
@@ -278,7 +267,7 @@ class _Tracked(Generic[S]):
         async with self._writing:
             new = replace(self._status, **changes)  # type: ignore[type-var]
             if not self.removed:
-                await asyncio.to_thread(_write_atomic, self.status_path, new.to_json())
+                await asyncio.to_thread(write_atomic, self.status_path, new.to_json())
             self._status = new
             return new
 

@@ -19,7 +19,6 @@ atomically; the CNI manager notices it at its next look at the conf dir.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.cri.atomic_file import write_atomic
 from wharfd.cri.cni_template import Template
 from wharfd.cri.config import RUNC_LIKE_TYPES
 from wharfd.runtime import errors
@@ -82,24 +82,6 @@ def routes_for(cidrs: list[str]) -> list[str]:
     return [route for version, route in ((4, "0.0.0.0/0"), (6, "::/0")) if version in families]
 
 
-def _write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile  # rare path: an idle daemon does not load it (random, hmac)
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def render_conf(template_path: Path, conf_dir: Path, cidrs: list[str]) -> Path:
     """Render the CNI config template for ``cidrs`` into ``conf_dir`` (blocking); return the file written."""
     try:
@@ -112,7 +94,7 @@ def render_conf(template_path: Path, conf_dir: Path, cidrs: list[str]) -> Path:
         {"PodCIDR": cidrs[0], "PodCIDRRanges": list(cidrs), "Routes": routes_for(cidrs)}
     )
     target = conf_dir / GENERATED_CONF
-    _write_atomic(target, text)
+    write_atomic(target, text.encode())
     return target
 
 
