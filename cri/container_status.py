@@ -96,6 +96,8 @@ def _user(spec: oci.Spec) -> cri.ContainerUser:
 async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, str]:
     """The image as reported now: its first repo tag and first repo digest while it is present.
 
+    Once the image is gone: the config's image spec, and the image ID as the reference.
+
     Remembered per container while the image store is unchanged (its generation), so
     the repeated calls kubelet makes are answered from memory.
     """
@@ -108,21 +110,22 @@ async def _image(state: CriState, container: Container) -> tuple[cri.ImageSpec, 
         image = await state.catalog.find(container.metadata.image_id)
     except errors.NotFound:
         return config_image, container.metadata.image_id
-    spec = cri.ImageSpec()
-    spec.CopyFrom(config_image)
-    if image.repo_tags:
-        spec.image = image.repo_tags[0]
+    # containerd reports a tagged image by its first tag alone (the config's annotations,
+    # user_specified_image and runtime_handler are not carried over), else the config's spec.
+    spec = cri.ImageSpec(image=image.repo_tags[0]) if image.repo_tags else config_image
     ref = (image.repo_digests or [container.metadata.image_id])[0]
     container.image_view = (generation, spec, ref)
     return spec, ref
 
 
-async def _static_status(state: CriState, container: Container) -> cri.ContainerStatus:
-    """The fields of a container's status that never change, built once (the user needs its spec)."""
-    if container.status_base is not None:
-        return container.status_base
+async def _record_and_spec(state: CriState, container: Container) -> tuple[Record, oci.Spec]:
+    """The container's record and the spec it runs with (parsed from the record)."""
     record = await state.meta.get(container.id)
-    spec = oci.from_any(record.spec) if record.spec is not None else {}
+    return record, oci.from_any(record.spec) if record.spec is not None else {}
+
+
+def _static_status(container: Container, spec: oci.Spec) -> cri.ContainerStatus:
+    """The fields of a container's status that never change, built once (the user needs its spec)."""
     meta = container.metadata
     base = cri.ContainerStatus(
         id=container.id,
@@ -144,7 +147,14 @@ async def container_status(
 ) -> cri.ContainerStatusResponse:
     """Handle ContainerStatus (NotFound for an unknown id); from memory once a container was asked for."""
     container = state.containers.get(request.container_id)
-    base = await _static_status(state, container)
+    base = container.status_base
+    # The record is read and its spec parsed at most once a call: the first call needs them for
+    # the static part, a verbose one for its info (a first verbose call, for both).
+    loaded = None
+    if base is None or request.verbose:
+        loaded = await _record_and_spec(state, container)
+        if base is None:
+            base = _static_status(container, loaded[1])
     image, image_ref = await _image(state, container)
     response = cri.ContainerStatusResponse()
     out = response.status
@@ -162,9 +172,8 @@ async def container_status(
     resources = current_resources(container)
     if resources is not None:
         out.resources.linux.CopyFrom(resources)
-    if request.verbose:
-        record = await state.meta.get(container.id)
-        spec = oci.from_any(record.spec) if record.spec is not None else {}
+    if request.verbose and loaded is not None:
+        record, spec = loaded
         response.info["info"] = json.dumps(verbose_info(state, container, record, spec))
     return response
 

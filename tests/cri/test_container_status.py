@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.cri.images_fixtures import Stores, run, small_image, store_image
 from wharfd.api.cri.v1 import api_pb2 as cri
@@ -97,10 +101,60 @@ def test_status_follows_image_changes(tmp_path: Path) -> None:
 def test_verbose_reads_the_record(tmp_path: Path) -> None:
     async def body(s: Stores) -> None:
         state, _ = await _setup(s, tmp_path)
-        import json
-
         info = json.loads((await _status(state, verbose=True)).info["info"])
         assert info["runtimeType"] == "io.containerd.wharf.v2"
         assert info["runtimeSpec"]["process"]["user"]["uid"] == 1000
+
+    run(tmp_path, body)
+
+
+def test_first_verbose_call_reads_and_parses_the_spec_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def body(s: Stores) -> None:
+        state, _ = await _setup(s, tmp_path)
+        parsed: list[object] = []
+        reads: list[str] = []
+        real_parse, real_get = ocispec.from_any, state.meta.get
+
+        def counting_parse(value: Any) -> ocispec.Spec:
+            parsed.append(value)
+            return real_parse(value)
+
+        async def counting_get(cid: str) -> Any:
+            reads.append(cid)
+            return await real_get(cid)
+
+        monkeypatch.setattr(container_status.oci, "from_any", counting_parse)
+        monkeypatch.setattr(state.meta, "get", counting_get)
+        first = await _status(state, verbose=True)
+        assert (len(reads), len(parsed)) == (1, 1)
+        # The same answer as a verbose call once the static part is in memory (which reads once).
+        again = await _status(state, verbose=True)
+        assert again == first and (len(reads), len(parsed)) == (2, 2)
+        assert first.status.user.linux.uid == 1000
+        assert json.loads(first.info["info"])["runtimeSpec"]["process"]["user"]["uid"] == 1000
+        # A plain call after that reads nothing.
+        await _status(state)
+        assert (len(reads), len(parsed)) == (2, 2)
+
+    run(tmp_path, body)
+
+
+def test_a_tagged_image_is_reported_by_its_tag_alone(tmp_path: Path) -> None:
+    """As containerd: while the image has a tag, the status's image spec is that tag and nothing else of
+    the config's spec; once the image is gone, the config's spec as it was given."""
+
+    async def body(s: Stores) -> None:
+        state, image_id = await _setup(s, tmp_path)
+        config_image = state.containers.get(CID).metadata.config.image
+        config_image.annotations["wharfd-test/kept"] = "yes"
+        config_image.user_specified_image = "wharfd-test-app:1"
+        config_image.runtime_handler = "runc"
+        assert (await _status(state)).status.image == cri.ImageSpec(image=TAG)
+        for record in await s.images.list():
+            await s.images.delete(record.name)
+        gone = (await _status(state)).status
+        assert gone.image == config_image and gone.image_ref == image_id
 
     run(tmp_path, body)
