@@ -436,7 +436,11 @@ def _numeric_user(userstr: str) -> tuple[int, int, tuple[int, ...]] | None:
 
 
 def _resolve_user(userstr: str, mounts: list[Mount], image: str) -> tuple[int, int, tuple[int, ...]]:
-    """Mount the new rootfs briefly (blocking) and look ``userstr`` up in it."""
+    """Mount the new rootfs briefly (blocking) and look ``userstr`` up in it.
+
+    The pause process gets the user's primary group alone, as containerd's sandbox
+    (``oci.WithUser``, without the ``/etc/group`` memberships a container gets).
+    """
     import tempfile  # rare path: an idle daemon does not load it (random, hmac)
 
     with tempfile.TemporaryDirectory(prefix="wharfd-sandbox-user-") as target:
@@ -445,7 +449,7 @@ def _resolve_user(userstr: str, mounts: list[Mount], image: str) -> tuple[int, i
             user = users.resolve(userstr, target, image=image)
         finally:
             mount.unmount_all(target, mount.MNT_DETACH)
-    return (user.uid, user.gid, tuple(user.additional_gids))
+    return (user.uid, user.gid, (user.gid,))
 
 
 async def _in_k8s(aw: Awaitable[Any]) -> Any:

@@ -63,10 +63,17 @@ def pause_binary() -> bytes | None:
     return _cache["pause"]
 
 
-def pause_image(user: str = "") -> Image:
-    """A single-layer pause image for this host's platform (``/pause`` as its entrypoint)."""
+def pause_image(
+    user: str = "", *, passwd: bytes = b"root:x:0:0:root:/:/pause\n", group: bytes = b""
+) -> Image:
+    """A single-layer pause image for this host's platform (``/pause`` as its entrypoint).
+
+    ``user`` is its config's User; ``passwd`` its ``/etc/passwd``; ``group``, if given, its ``/etc/group``.
+    """
     binary = pause_binary()
-    files: list[File] = [directory("etc"), File("etc/passwd", b"root:x:0:0:root:/:/pause\n")]
+    files: list[File] = [directory("etc"), File("etc/passwd", passwd)]
+    if group:
+        files.append(File("etc/group", group))
     if binary is not None:
         files.append(File("pause", binary, mode=0o755))
         entrypoint = ["/pause"]
