@@ -2,8 +2,10 @@
 
 The conf dir is re-read whenever its listing changes (names, sizes, mtimes are
 cheap to compare), so NetworkReady turns true as soon as a config appears,
-without a restart. A pod attaches to the loaded networks in order as eth0,
-eth1, …; a failure part-way detaches what was attached.
+without a restart. A pod attaches to the loaded networks as eth0, eth1, …:
+all side by side, as go-cni's ``Setup`` does (containerd's default), or one
+after the other in their order with ``serially`` (go-cni's ``SetupSerially``,
+containerd's ``cni.setup_serially``). A failure detaches what was attached.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,24 +110,42 @@ class CniManager:
         netns: str,
         args: Sequence[tuple[str, str]] = (),
         capability_args: Mapping[str, Any] | None = None,
+        *,
+        serially: bool = False,
     ) -> list[Attached]:
-        """Attach to every network; on failure detach what was attached and re-raise."""
+        """Attach to every network, side by side or (``serially``) in order; the results in network order.
+
+        Side by side, a failing ADD does not stop the others: a plugin cut off
+        half-way could leave what no DEL knows of, so each runs to its end.
+        Then, on any failure (or cancellation), every network attached is
+        detached and the first failure is raised.
+        """
         attachments = await self._attachments(container_id, netns, args, capability_args)
         if not attachments:
             raise errors.FailedPrecondition(NOT_READY_MESSAGE)
-        done: list[tuple[Network, Attachment]] = []
-        attached: list[Attached] = []
+        results: list[dict[str, Any] | None] = [None] * len(attachments)
+
+        async def attach(index: int) -> None:
+            network, att = attachments[index]
+            results[index] = await network.add(att)
+
         try:
-            for network, att in attachments:
-                result = await network.add(att)
-                done.append((network, att))
-                attached.append(Attached(network.name, att.ifname, result))
+            if serially:
+                for index in range(len(attachments)):
+                    await attach(index)
+            else:
+                await _all_to_their_end([attach(index) for index in range(len(attachments))])
         except BaseException:
-            for network, att in reversed(done):
-                with contextlib.suppress(Exception):
-                    await network.delete(att)
+            for (network, att), result in reversed(list(zip(attachments, results, strict=True))):
+                if result is not None:
+                    with contextlib.suppress(Exception):
+                        await network.delete(att)
             raise
-        return attached
+        return [
+            Attached(network.name, att.ifname, result)
+            for (network, att), result in zip(attachments, results, strict=True)
+            if result is not None
+        ]
 
     async def teardown(
         self,
@@ -171,3 +191,24 @@ class CniManager:
             )
             for index, network in enumerate(await self.networks())
         ]
+
+
+async def _all_to_their_end(steps: Sequence[Awaitable[None]]) -> None:
+    """Run ``steps`` side by side, each to its end; then raise the first failure, if any.
+
+    Unlike a bare TaskGroup, one failing does not cancel the others. Cancelling
+    the caller cancels them all.
+    """
+    failures: list[Exception] = []
+
+    async def guarded(step: Awaitable[None]) -> None:
+        try:
+            await step
+        except Exception as exc:
+            failures.append(exc)
+
+    async with asyncio.TaskGroup() as group:
+        for step in steps:
+            group.create_task(guarded(step))
+    if failures:
+        raise failures[0]

@@ -206,10 +206,11 @@ async def setup(
 ) -> list[Attached]:
     """CNI ADD of a pod: ``lo`` up through the loopback plugin, and every configured network.
 
-    The loopback and the configured networks are independent, so they are
-    attached side by side (as go-cni attaches a pod's networks), or one after
-    the other with ``serially`` (the ``cni.setup_serially`` setting). On
-    failure what was attached stays: the caller undoes it with :func:`teardown`.
+    As go-cni, which counts the loopback among a pod's networks: all of them
+    are attached side by side, or one after the other, loopback first, with
+    ``serially`` (the ``cni.setup_serially`` setting). On failure the
+    configured networks attached are detached; the loopback stays: the caller
+    undoes it with :func:`teardown`.
     """
     args = tuple(cni_args(sandbox_id, config))
     lo = loopback(manager)
@@ -217,7 +218,7 @@ async def setup(
     caps = capability_args(config)
     if serially:
         await lo.add(lo_attachment)
-        return await manager.setup(sandbox_id, netns, args, caps)
+        return await manager.setup(sandbox_id, netns, args, caps, serially=True)
     _, attached = await both(lo.add(lo_attachment), manager.setup(sandbox_id, netns, args, caps))
     return attached
 

@@ -335,3 +335,76 @@ def test_pod_loopback_beside_the_networks_unless_serially(tmp_path: Path, serial
 
     asyncio.run(main())
     assert notes.read_text().split() == (["lo-alone", "net"] if serially else ["net", "lo-saw-net"])
+
+
+def _stand_in_networks(
+    tmp_path: Path, names: tuple[str, ...], wait: float, fail: str = ""
+) -> tuple[Path, Path]:
+    """A conf dir with one network per name (plugin of that name), and a bin dir of stand-ins.
+
+    Each stand-in ADD notes its start, waits up to ``wait`` seconds for every other one to have
+    started too, notes whether it saw them, and answers a result (``fail``: an error); DEL notes
+    itself.
+    """
+    bin_dir, conf, notes = tmp_path / "bin", tmp_path / "net.d", tmp_path / "notes"
+    bin_dir.mkdir()
+    conf.mkdir()
+    result = '{"cniVersion": "1.0.0", "interfaces": [], "ips": [{"address": "10.0.0.2/24"}]}'
+    error = '{"cniVersion": "1.0.0", "code": 11, "msg": "wharfd-test-refused"}'
+    rounds = int(wait * 10)
+    for i, name in enumerate(names):
+        others = " ".join(f"{tmp_path}/started-{n}" for n in names if n != name)
+        (bin_dir / name).write_text(
+            "#!/bin/sh\ncat >/dev/null\n"
+            f'if [ "$CNI_COMMAND" = DEL ]; then echo {name}-del >> {notes}; exit 0; fi\n'
+            f"echo {name}-start >> {notes}\ntouch {tmp_path}/started-{name}\n"
+            f"all() {{ for f in {others}; do [ -e $f ] || return 1; done; }}\n"
+            f"n=0\nwhile ! all && [ $n -lt {rounds} ]; do sleep 0.1; n=$((n+1)); done\n"
+            f"if all; then echo {name}-saw-all >> {notes}; else echo {name}-alone >> {notes}; fi\n"
+            + (f"echo {name}-failed >> {notes}\necho '{error}'\nexit 1\n" if name == fail else "")
+            + f"echo '{result}'\n"
+        )
+        (bin_dir / name).chmod(0o755)
+        if name != "loopback":
+            doc = {"cniVersion": "1.0.0", "name": name, "plugins": [{"type": name}]}
+            (conf / f"{10 + i}-{name}.conflist").write_text(json.dumps(doc))
+    return bin_dir, conf
+
+
+@pytest.mark.parametrize("serially", [False, True])
+def test_a_pods_networks_attach_side_by_side_unless_serially(tmp_path: Path, serially: bool) -> None:
+    """go-cni's Setup attaches every network (loopback among them) at once; SetupSerially one by one, in order."""
+    names = ("loopback", "net-a", "net-b")
+    # Side by side each waits (up to 10 s) to see the others start; one by one none can, so a short wait.
+    bin_dir, conf = _stand_in_networks(tmp_path, names, wait=0.3 if serially else 10)
+    pod = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", uid="u", namespace="default"))
+
+    async def main() -> list[tuple[str, str]]:
+        manager = CniManager(Settings(conf, (str(bin_dir),), tmp_path / "cache", max_conf_num=2))
+        attached = await crinet.setup(manager, "c1", "/proc/self/ns/net", pod, serially=serially)
+        return [(a.network, a.ifname) for a in attached]
+
+    assert asyncio.run(main()) == [("net-a", "eth0"), ("net-b", "eth1")]
+    notes = (tmp_path / "notes").read_text().split()
+    if serially:
+        # Each starts once the one before has ended (so only the last sees the others started).
+        assert notes == [
+            "loopback-start", "loopback-alone", "net-a-start", "net-a-alone", "net-b-start", "net-b-saw-all"
+        ]  # fmt: skip
+    else:
+        assert sorted(notes[3:]) == ["loopback-saw-all", "net-a-saw-all", "net-b-saw-all"]
+
+
+def test_side_by_side_a_failed_network_lets_the_others_finish_then_detaches_them(tmp_path: Path) -> None:
+    bin_dir, conf = _stand_in_networks(tmp_path, ("net-a", "net-b"), wait=10, fail="net-a")
+    # net-a fails once it has seen net-b start; net-b's ADD still runs to its end, then is undone.
+
+    async def main() -> None:
+        manager = CniManager(Settings(conf, (str(bin_dir),), tmp_path / "cache", max_conf_num=2))
+        with pytest.raises(PluginError, match="wharfd-test-refused"):
+            await manager.setup("c1", "/proc/self/ns/net")
+
+    asyncio.run(main())
+    notes = (tmp_path / "notes").read_text().split()
+    assert sorted(notes[2:5]) == ["net-a-failed", "net-a-saw-all", "net-b-saw-all"]
+    assert notes[5:] == ["net-b-del"]  # only the network attached is detached, once every ADD ended
