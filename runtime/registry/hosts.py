@@ -78,10 +78,11 @@ class RegistryHost:
         return self.origin + "/".join([self.path.rstrip("/"), *parts])
 
     def ssl_context(self) -> ssl.SSLContext | bool:
-        """The TLS settings for this host (built once): ``True`` means the system defaults."""
+        """The TLS settings for this host (built once per version of its files): ``True``: the system defaults."""
         if self.skip_verify is None and not self.ca_files and not self.client_pairs:
             return True
-        return _build_ssl(self.host, self.skip_verify, self.ca_files, self.client_pairs)
+        files = [*self.ca_files, *(f for pair in self.client_pairs for f in pair if f)]
+        return _build_ssl(self.host, self.skip_verify, self.ca_files, self.client_pairs, _file_ids(files))
 
     def is_mirror_for(self, domain: str) -> bool:
         """Whether this host serves ``domain`` on its behalf (requests then carry ``?ns=domain``)."""
@@ -143,9 +144,10 @@ def _default_upstream(base: RegistryHost, domain: str, plain_http: bool) -> Regi
 
 
 def _with_fallback(host: RegistryHost) -> RegistryHost:
-    """An HTTP host that also has TLS settings is tried over HTTPS first (unless on port 80)."""
+    """An HTTP host that also has TLS settings is tried over HTTPS first if its port is given and not 80."""
     explicit_tls = host.skip_verify is not None or host.ca_files or host.client_pairs
-    if host.scheme == "http" and explicit_tls and split_port(host.host)[1] != "80":
+    # No port is port 80 too: the scheme is not ambiguous there (containerd's rule).
+    if host.scheme == "http" and explicit_tls and split_port(host.host)[1] not in ("", "80"):
         return replace(host, scheme="https", http_fallback=True)
     return host
 
@@ -298,10 +300,28 @@ def _cert_files(directory: Path) -> RegistryHost:
     return RegistryHost(scheme="", host="", ca_files=tuple(ca), client_pairs=tuple(pairs))
 
 
-# Contexts are costly to build (the system CA bundle is parsed each time), so keep them.
+def _file_ids(paths: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """Inode, mtime and size of each file (zeros if missing): what tells a file replaced on disk."""
+    stamps = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            stamps.append((0, 0, 0))
+        else:
+            stamps.append((st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
+
+
+# Contexts are costly to build (the system CA bundle is parsed each time), so keep them; keyed by
+# the files' identities too, so a CA or client certificate replaced on disk is read again.
 @functools.lru_cache(maxsize=64)
 def _build_ssl(
-    host: str, skip_verify: bool | None, ca_files: tuple[str, ...], client_pairs: tuple[tuple[str, str], ...]
+    host: str,
+    skip_verify: bool | None,
+    ca_files: tuple[str, ...],
+    client_pairs: tuple[tuple[str, str], ...],
+    file_ids: tuple[tuple[int, int, int], ...] = (),  # only part of the cache key
 ) -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     try:

@@ -9,6 +9,11 @@ stops it afterwards. Optional authentication:
 * ``token=TokenServer(...)``: the distribution token flow; the registry trusts
   the token server's self-made certificate (see :mod:`tests.support.tokens`).
 
+Optional TLS: ``tls=make_certificates(dir)`` serves HTTPS with a server
+certificate (for ``127.0.0.1`` and ``localhost``) issued by a CA the test made
+with the ``openssl`` CLI; ``client_certs=True`` also requires a client
+certificate issued by that CA (``http.tls.clientcas``).
+
 Use it from a fixture in the test module::
 
     @pytest.fixture(scope="module")
@@ -26,6 +31,7 @@ import json
 import os
 import secrets
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -45,6 +51,89 @@ DOCKER_REGISTRY = "/usr/bin/docker-registry"
 READY_TIMEOUT = 15.0
 
 
+@dataclass(frozen=True)
+class Certificates:
+    """A test CA and what it issued, as PEM files in ``directory``.
+
+    The server certificate names ``127.0.0.1`` and ``localhost``; ``client_pem``
+    holds the client certificate and its key in one file (hosts.toml's
+    ``client = "file"`` form).
+    """
+
+    directory: Path
+    ca: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    client_pem: Path
+
+    def context(self, *, client: bool = False) -> ssl.SSLContext:
+        """A client-side context trusting this CA (and presenting the client certificate)."""
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        if client:
+            ctx.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return ctx
+
+
+def _openssl(*args: str) -> None:
+    result = subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed: {result.stderr}")
+
+
+def _issue(certs_dir: Path, name: str, subject: str, extensions: str, ca: tuple[Path, Path] | None) -> None:
+    """Make ``<name>.key`` (P-256) and ``<name>.pem``: self-signed when ``ca`` is None, else issued by it."""
+    key, cert, ext = (certs_dir / f"{name}{s}" for s in (".key", ".pem", ".ext"))
+    ext.write_text(f"[v3]\n{extensions}\n")
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
+    if ca is None:
+        sign = ["-signkey", str(key)]
+    else:
+        sign = ["-CA", str(ca[0]), "-CAkey", str(ca[1]), "-set_serial", str(secrets.randbits(63))]
+    csr = certs_dir / f"{name}.csr"
+    _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
+    _openssl(
+        "x509", "-req", "-in", str(csr), *sign, "-days", "2", "-sha256",
+        "-extfile", str(ext), "-extensions", "v3", "-out", str(cert),
+    )  # fmt: skip
+    csr.unlink()
+    ext.unlink()
+
+
+def make_certificates(directory: Path, name: str = "wharfd-test-ca") -> Certificates:
+    """A new CA named ``name`` with a server and a client certificate, made with the openssl CLI."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_ids = "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid"
+    _issue(
+        directory, "ca", f"/CN={name}",
+        "basicConstraints = critical, CA:TRUE\nkeyUsage = critical, keyCertSign, cRLSign\n"
+        "subjectKeyIdentifier = hash",
+        None,
+    )  # fmt: skip
+    ca = (directory / "ca.pem", directory / "ca.key")
+    leaf = f"basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n{key_ids}"
+    _issue(
+        directory, "server", "/CN=127.0.0.1",
+        f"{leaf}\nextendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, DNS:localhost",
+        ca,
+    )  # fmt: skip
+    _issue(directory, "client", f"/CN={name}-client", f"{leaf}\nextendedKeyUsage = clientAuth", ca)
+    client_pem = directory / "client-with-key.pem"
+    client_pem.write_bytes((directory / "client.pem").read_bytes() + (directory / "client.key").read_bytes())
+    return Certificates(
+        directory=directory,
+        ca=ca[0],
+        ca_key=ca[1],
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        client_pem=client_pem,
+    )
+
+
 @dataclass
 class RegistryServer:
     """A running registry: ``host`` is ``127.0.0.1:<port>``."""
@@ -52,11 +141,14 @@ class RegistryServer:
     host: str
     root: Path
     process: subprocess.Popen[bytes]
+    # Set when the registry serves HTTPS; ``client_certs``: it also requires a client certificate.
+    tls: Certificates | None = None
+    client_certs: bool = False
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://{self.host}"
+        """``http://127.0.0.1:<port>``, or ``https://`` with TLS."""
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     def ref(self, path: str) -> str:
         """A reference on this registry: ``ref("test/busybox:1")``."""
@@ -92,7 +184,21 @@ def bcrypt_hash(password: str, cost: int = 4) -> str:
     return str(hashed.decode())
 
 
-def _config(root: Path, port: int, auth: Mapping[str, object] | None) -> str:
+def _config(
+    root: Path,
+    port: int,
+    auth: Mapping[str, object] | None,
+    tls: Certificates | None = None,
+    client_certs: bool = False,
+) -> str:
+    http: dict[str, object] = {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)}
+    if tls is not None:
+        http["tls"] = {
+            "certificate": str(tls.server_cert),
+            "key": str(tls.server_key),
+            # Any client CA makes the registry require and verify a client certificate.
+            **({"clientcas": [str(tls.ca)]} if client_certs else {}),
+        }
     config: dict[str, object] = {
         "version": 0.1,
         "log": {"level": "warn", "accesslog": {"disabled": True}},
@@ -101,7 +207,7 @@ def _config(root: Path, port: int, auth: Mapping[str, object] | None) -> str:
             "delete": {"enabled": True},
             "maintenance": {"uploadpurging": {"enabled": False}},
         },
-        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+        "http": http,
     }
     if auth:
         config["auth"] = auth
@@ -130,15 +236,22 @@ def _auth_section(
 
 @contextlib.contextmanager
 def run_registry(
-    root: Path, *, htpasswd: Mapping[str, str] | None = None, token: TokenServer | None = None
+    root: Path,
+    *,
+    htpasswd: Mapping[str, str] | None = None,
+    token: TokenServer | None = None,
+    tls: Certificates | None = None,
+    client_certs: bool = False,
 ) -> Iterator[RegistryServer]:
-    """Start a registry under ``root`` and stop it on exit."""
+    """Start a registry under ``root`` and stop it on exit (HTTPS with ``tls``)."""
     if not os.access(DOCKER_REGISTRY, os.X_OK):
         pytest.skip(f"{DOCKER_REGISTRY} is not installed (Debian package docker-registry)")
+    if client_certs and tls is None:
+        raise ValueError("client_certs needs tls")
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "config.yml"
-    config.write_text(_config(root, port, _auth_section(root, htpasswd, token)))
+    config.write_text(_config(root, port, _auth_section(root, htpasswd, token), tls, client_certs))
     with open(root / "registry.log", "wb") as log:
         process = subprocess.Popen(
             [DOCKER_REGISTRY, "serve", str(config)],
@@ -146,7 +259,9 @@ def run_registry(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    server = RegistryServer(host=f"127.0.0.1:{port}", root=root, process=process)
+    server = RegistryServer(
+        host=f"127.0.0.1:{port}", root=root, process=process, tls=tls, client_certs=client_certs
+    )
     try:
         _wait_ready(server)
         yield server
@@ -161,7 +276,10 @@ def run_registry(
 
 def _wait_ready(server: RegistryServer) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # 127.0.0.1 only, never a proxy
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]  # 127.0.0.1: no proxy
+    if server.tls is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=server.tls.context(client=server.client_certs)))
+    opener = urllib.request.build_opener(*handlers)
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"docker-registry exited with {server.process.returncode}:\n{server.log()}")
