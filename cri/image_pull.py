@@ -119,7 +119,7 @@ class ImagePuller:
         key = (str(ref), snapshotter, _fingerprint(cfg))
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._pull(ref, snapshotter, credentials, cfg))
+            task = asyncio.get_running_loop().create_task(self._pull(ref, snapshotter, credentials))
             self._inflight[key] = task
             task.add_done_callback(lambda t: self._finished(key, t))
         else:
@@ -144,7 +144,6 @@ class ImagePuller:
         ref: Reference,
         snapshotter: str,
         credentials: auth.CredentialsFn | None,
-        cfg: auth.AuthConfig | None,
     ) -> str:
         if self._puller is None:
             raise errors.Unavailable(
@@ -156,7 +155,6 @@ class ImagePuller:
             snapshotter=snapshotter,
             labels=labels,
             credentials=credentials,
-            credentials_key=_fingerprint(cfg) if credentials is not None else "",
             hosts_dir=self._config.config_path,
             max_concurrent_downloads=self._config.max_concurrent_downloads,
             progress_timeout=self._config.progress_timeout or _NO_PROGRESS_TIMEOUT,

@@ -28,7 +28,7 @@ import errno
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -254,6 +254,33 @@ def unmount_all(target: str | Path, flags: int = 0, *, syscalls: Syscalls = LIBC
             return
         unmount(root, flags, syscalls=syscalls, attempts=attempts)
     raise OSError(errno.EBUSY, f"unmount {root!r}: still mounted after {_MAX_STACKED} unmounts", root)
+
+
+@contextlib.asynccontextmanager
+async def temporary(mounts: Sequence[Mount], scratch: Path) -> AsyncIterator[str]:
+    """``mounts`` on a fresh directory under ``scratch`` (made if missing) for the block.
+
+    Unmounted (detached) and removed whatever happens; a mount that fails is
+    the kernel's OSError. The blocking steps run on threads.
+    """
+    import asyncio  # not at the top: the shim's one-shot ``delete`` imports this module too
+
+    point = await asyncio.to_thread(_mount_point, scratch)
+    try:
+        await asyncio.to_thread(mount_all, mounts, point)
+        try:
+            yield point
+        finally:
+            await asyncio.to_thread(unmount_all, point, MNT_DETACH)
+    finally:
+        await asyncio.to_thread(os.rmdir, point)  # never rmtree: whatever is still mounted stays
+
+
+def _mount_point(scratch: Path) -> str:
+    import tempfile  # a mount point's name; not needed by an idle daemon
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix="mount-", dir=scratch)
 
 
 def is_mount_point(path: str | Path) -> bool:

@@ -15,14 +15,16 @@ normalized reference) holds it through the labels of
 image some other way, or the content is fair game for the next collection.
 
 Concurrent pulls of the same reference in one namespace (with the same
-options and the same credentials) share one pull: later callers wait for the
-first one's result and receive its progress too. The shared pull is
-cancelled only when every caller has gone away. A pull with other
-credentials (or none) is not shared: it resolves the reference with its own,
-so a caller the registry would refuse is refused. (Blobs already stored in
-the namespace, or being stored by another pull, are reused as containerd's
-content store reuses them.) Layers that two different images share are downloaded
-once as well (see :mod:`~wharfd.runtime.images.fetch`).
+options and the same credentials callback, or none) share one pull: later
+callers wait for the first one's result and receive its progress too. The
+shared pull is cancelled only when every caller has gone away. A pull with
+another callback (or none) is not shared: it resolves the reference with its
+own credentials, so a caller the registry would refuse is refused. (The CRI
+shares PullImage calls with equal AuthConfigs itself, before they get here.)
+(Blobs already stored in the namespace, or being stored by another pull, are
+reused as containerd's content store reuses them.) Layers that two different
+images share are downloaded once as well (see
+:mod:`~wharfd.runtime.images.fetch`).
 
 How the work is split: :mod:`~wharfd.runtime.images.fetch` walks the image
 and downloads, :mod:`~wharfd.runtime.images.unpack` turns layers into
@@ -75,10 +77,9 @@ class PullOptions:
     unpack: bool = True
     snapshotter: str = "overlayfs"
     labels: Mapping[str, str] = field(default_factory=dict)  # labels of the image record
+    # Pulls share only with the same object here (or none): a caller that knows two objects hold the
+    # same credentials (the CRI, by their AuthConfig) shares those pulls itself.
     credentials: CredentialsFn | None = None
-    # Which credentials these are, for sharing a pull: only pulls with equal keys share one. Empty:
-    # the ``credentials`` object itself stands for them (the same object shares, another does not).
-    credentials_key: str = ""
     plain_http: bool = False
     hosts_dir: str = ""  # registry config_path, ":"-separated; empty: the plugin's
     max_concurrent_downloads: int = 3
@@ -269,13 +270,9 @@ class Puller:
         await self.unpacker.close()
 
 
-def _credentials_identity(opts: PullOptions) -> tuple[str, object]:
-    if opts.credentials is None:
-        return ("anonymous", "")
-    if opts.credentials_key:
-        return ("key", opts.credentials_key)
+def _credentials_identity(opts: PullOptions) -> int | None:
     # The object's id: the pull that uses it keeps it alive, so no other object can take the id meanwhile.
-    return ("object", id(opts.credentials))
+    return None if opts.credentials is None else id(opts.credentials)
 
 
 def _local_ref(root: Descriptor) -> Reference:

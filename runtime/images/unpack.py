@@ -30,7 +30,7 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,8 +221,12 @@ class Unpacker:
         try:
             source = await layer.source
             report(layer, "unpacking")
-            async with mounted(mounts, sn.backend.root) as target:
-                await self._apply_in_place(layer, source, target, sn.backend.root / f"{key}.abort")
+            root = sn.backend.root
+            async with contextlib.AsyncExitStack() as stack:
+                target = _bind_source(mounts)
+                if target is None:
+                    target = await stack.enter_async_context(mount.temporary(mounts, root))
+                await self._apply_in_place(layer, source, target, root / f"{key}.abort")
             await sn.commit(layer.chain, key, {L.SNAPSHOT_REF: layer.chain})
         except BaseException as exc:
             await _remove_quietly(sn, key)
@@ -371,20 +375,8 @@ async def _finish(cleanup: asyncio.Future[Any]) -> None:
     await cleanup
 
 
-@contextlib.asynccontextmanager
-async def mounted(mounts: Sequence[Mount], scratch: Path) -> AsyncIterator[str]:
-    """A directory showing ``mounts``: a plain bind's source itself, else a temporary mount point."""
+def _bind_source(mounts: Sequence[Mount]) -> str | None:
+    """The directory a writable plain bind (the native snapshotter's) shows: no need to mount it."""
     if len(mounts) == 1 and mounts[0].type == "bind" and "ro" not in mounts[0].options:
-        yield mounts[0].source
-        return
-    import tempfile  # only when a layer is applied through a mount
-
-    point = await asyncio.to_thread(tempfile.mkdtemp, prefix="mount-", dir=scratch)
-    try:
-        await asyncio.to_thread(mount.mount_all, mounts, point)
-        try:
-            yield point
-        finally:
-            await asyncio.to_thread(mount.unmount_all, point, mount.MNT_DETACH)
-    finally:
-        await asyncio.to_thread(os.rmdir, point)
+        return mounts[0].source
+    return None

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 import aiohttp
@@ -55,6 +55,7 @@ Called from a thread; the view is reused after the call returns.
 """
 
 R = TypeVar("R", bound=Response)
+B = TypeVar("B", bytes, memoryview)
 
 
 class Resolver:
@@ -138,7 +139,8 @@ class Fetcher(Repository):
         if offset == desc.size:
             return
         resp = await self._open(desc, offset, self.transport.request_blocking)
-        copying = asyncio.ensure_future(run_blocking(self._copy_body, resp, desc, offset, writer, written))
+        body = self._body(desc, offset, resp)
+        copying = asyncio.ensure_future(run_blocking(self._copy_body, resp, body, writer, written))
         cancelled = False
         while not copying.done():
             try:
@@ -154,44 +156,22 @@ class Fetcher(Repository):
             raise asyncio.CancelledError
         copying.result()
 
-    def _copy_body(
-        self, resp: BlockingResponse, desc: Descriptor, offset: int, writer: BlobWriter, written: list[int]
-    ) -> None:
+    @staticmethod
+    def _copy_body(resp: BlockingResponse, body: _Body, writer: BlobWriter, written: list[int]) -> None:
         """The thread's part (a registry I/O thread, transport.run_blocking): read 1 MiB at a time
         (the GIL is free meanwhile) and write it."""
-        # A server that ignored Range sends everything: skip what we already have.
-        skip = offset if resp.status == 200 else 0
-        position = offset
         view = memoryview(bytearray(CHUNK_SIZE))
         while True:
             try:
                 n = resp.readinto(view)
-            except TimeoutError as exc:
-                timeout = self.transport.progress_timeout
-                raise errors.DeadlineExceeded(
-                    f"{self._what(desc)}: no data for {timeout:g}s at byte {position} of {desc.size}"
-                ) from exc
             except (http.client.HTTPException, OSError) as exc:
-                raise errors.Unavailable(
-                    f"{self._what(desc)}: connection lost at byte {position} of {desc.size} ({exc}); "
-                    f"resume from {position}"
-                ) from exc
+                raise body.failed(exc) from exc
             if n == 0:
                 break
-            chunk = view[:n]
-            if skip:
-                dropped = min(skip, n)
-                chunk, skip = chunk[dropped:], skip - dropped
-            if position + len(chunk) > desc.size:
-                raise errors.DataLoss(f"{self._what(desc)}: server sent more than {desc.size} bytes")
-            if chunk:
+            if chunk := body.take(view[:n]):
                 writer(chunk)
-                position += len(chunk)
                 written[0] += len(chunk)
-        if position != desc.size:
-            raise errors.Unavailable(
-                f"{self._what(desc)}: stream ended at byte {position} of {desc.size}; resume from {position}"
-            )
+        body.end()
 
     async def fetch(self, desc: Descriptor, *, offset: int = 0) -> AsyncGenerator[bytes, None]:
         """Stream ``desc``'s bytes from ``offset`` (close the iterator if you stop early)."""
@@ -200,45 +180,27 @@ class Fetcher(Repository):
         if offset == desc.size:
             return
         resp = await self._open(desc, offset, self.transport.request)
+        body = self._body(desc, offset, resp)
         async with resp:
-            # A server that ignored Range sends everything: skip what we already have.
-            skip = offset if resp.status == 200 else 0
-            position = offset
             chunks = resp.content.iter_chunked(CHUNK_SIZE).__aiter__()
-            while (chunk := await self._next(chunks, desc, position)) is not None:
-                if skip:
-                    dropped = min(skip, len(chunk))
-                    chunk, skip = chunk[dropped:], skip - dropped
-                position += len(chunk)
-                if position > desc.size:
-                    raise errors.DataLoss(f"{self._what(desc)}: server sent more than {desc.size} bytes")
-                if chunk:
+            while True:
+                try:
+                    async with asyncio.timeout(self.transport.progress_timeout):
+                        chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise body.failed(exc) from exc
+                if chunk := body.take(chunk):
                     yield chunk
-        if position != desc.size:
-            raise errors.Unavailable(
-                f"{self._what(desc)}: stream ended at byte {position} of {desc.size}; resume from {position}"
-            )
+        body.end()
 
     def _what(self, desc: Descriptor) -> str:
         kind = "manifest" if is_manifest_type(desc.media_type) else "blob"
         return f"{kind} {desc.digest} of {self.ref.name}"
 
-    async def _next(self, chunks: AsyncIterator[bytes], desc: Descriptor, position: int) -> bytes | None:
-        timeout = self.transport.progress_timeout
-        try:
-            async with asyncio.timeout(timeout):
-                return await anext(chunks)
-        except StopAsyncIteration:
-            return None
-        except TimeoutError as exc:
-            raise errors.DeadlineExceeded(
-                f"{self._what(desc)}: no data for {timeout:g}s at byte {position} of {desc.size}"
-            ) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise errors.Unavailable(
-                f"{self._what(desc)}: connection lost at byte {position} of {desc.size} ({exc}); "
-                f"resume from {position}"
-            ) from exc
+    def _body(self, desc: Descriptor, offset: int, resp: Response) -> _Body:
+        return _Body(self._what(desc), desc.size, offset, resp.status, self.transport.progress_timeout)
 
     async def _open(self, desc: Descriptor, offset: int, request: Callable[..., Awaitable[R]]) -> R:
         """Request the blob from ``offset`` with ``request`` (one of the transport's); a 200 or a 206."""
@@ -272,3 +234,48 @@ class Fetcher(Repository):
                 else:
                     failures.note(await error_for(resp, what))
         raise failures.best or errors.NotFound(f"{what}: no host of {self.ref.domain} may serve it")
+
+
+class _Body:
+    """A blob's body as it arrives from ``offset``, pooled or on a thread.
+
+    What a server that ignored Range sends again is dropped, more than the
+    size is DataLoss, and a failed read or a short stream is an error naming
+    the byte to resume from.
+    """
+
+    def __init__(self, what: str, size: int, offset: int, status: int, timeout: float) -> None:
+        self.what = what
+        self.size = size
+        self.position = offset
+        # A server that ignored Range (200, not 206) sends everything: skip what we already have.
+        self._skip = offset if status == 200 else 0
+        self._timeout = timeout
+
+    def take(self, chunk: B) -> B:
+        """The part of ``chunk`` that is new (maybe none of it); DataLoss past the size."""
+        if self._skip:
+            dropped = min(self._skip, len(chunk))
+            chunk, self._skip = chunk[dropped:], self._skip - dropped
+        if self.position + len(chunk) > self.size:
+            raise errors.DataLoss(f"{self.what}: server sent more than {self.size} bytes")
+        self.position += len(chunk)
+        return chunk
+
+    def failed(self, exc: Exception) -> errors.WharfError:
+        """The error for a read that failed: a stall (TimeoutError) or a lost connection."""
+        if isinstance(exc, TimeoutError):
+            return errors.DeadlineExceeded(
+                f"{self.what}: no data for {self._timeout:g}s at byte {self.position} of {self.size}"
+            )
+        return errors.Unavailable(
+            f"{self.what}: connection lost at byte {self.position} of {self.size} ({exc}); "
+            f"resume from {self.position}"
+        )
+
+    def end(self) -> None:
+        """Unavailable (resumable) when the stream ended short of the size."""
+        if self.position != self.size:
+            raise errors.Unavailable(
+                f"{self.what}: stream ended at byte {self.position} of {self.size}; resume from {self.position}"
+            )

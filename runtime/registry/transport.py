@@ -96,6 +96,8 @@ class Response(Protocol):
 
 R = TypeVar("R", bound=Response)
 T = TypeVar("T")
+# One hop of a request, pooled (aiohttp) or blocking: (method, url, headers, body, TLS) -> the response.
+Send = Callable[[str, yarl.URL, dict[str, str], Body, ssl.SSLContext | bool], Awaitable[R]]
 
 
 @functools.cache
@@ -317,13 +319,17 @@ class Transport:
         """
         wait = self.progress_timeout if wait == -1.0 else wait
 
-        async def send(
-            method: str, url: yarl.URL, headers: dict[str, str], body: Body
+        async def once(
+            method: str, url: yarl.URL, headers: dict[str, str], body: Body, tls: ssl.SSLContext | bool
         ) -> aiohttp.ClientResponse:
-            return await self._send(host, method, url, headers=headers, body=body, wait=wait, what=what)
+            data = body() if callable(body) else body
+            async with asyncio.timeout(wait):
+                return await self.session.request(
+                    method, url, headers=headers, data=data, ssl=tls, allow_redirects=False
+                )
 
         return await self._request(
-            host, method, url, what=what, scopes=scopes, headers=headers, body=body, send=send
+            host, method, url, what=what, scopes=scopes, headers=headers, body=body, wait=wait, once=once
         )
 
     async def request_blocking(
@@ -342,13 +348,16 @@ class Transport:
         blocking call gives up after the progress timeout. Proxies from the
         environment (``trust_env``) are not used on this path.
         """
-
-        async def send(method: str, url: yarl.URL, headers: dict[str, str], body: Body) -> BlockingResponse:
-            assert body is None
-            return await self._send_blocking(host, method, url, headers, what)
-
         return await self._request(
-            host, method, url, what=what, scopes=scopes, headers=headers, body=None, send=send
+            host,
+            method,
+            url,
+            what=what,
+            scopes=scopes,
+            headers=headers,
+            body=None,
+            wait=self.progress_timeout,
+            once=self._send_blocking,
         )
 
     async def _request(
@@ -361,13 +370,14 @@ class Transport:
         scopes: Sequence[str],
         headers: Mapping[str, str] | None,
         body: Body,
-        send: Callable[[str, yarl.URL, dict[str, str], Body], Awaitable[R]],
+        wait: float | None,
+        once: Send[R],
     ) -> R:
         """The steps around each hop: headers and auth, 401 challenges, redirects, HEAD refusals, retries."""
         unauthorized = redirects = retries = 0
         while True:
             sent = await self._headers_for(host, url, scopes, headers)
-            resp = await send(method, url, sent, body)
+            resp = await self._send(host, method, url, sent, body, what=what, wait=wait, once=once)
             if resp.status in _REDIRECTS and "Location" in resp.headers and redirects < MAX_REDIRECTS:
                 resp.release()
                 url, redirects = url.join(yarl.URL(resp.headers["Location"], encoded=True)), redirects + 1
@@ -417,59 +427,42 @@ class Transport:
         host: RegistryHost,
         method: str,
         url: yarl.URL,
-        *,
         headers: dict[str, str],
         body: Body,
-        wait: float | None,
+        *,
         what: str,
-    ) -> aiohttp.ClientResponse:
-        try:
-            try:
-                return await self._send_once(
-                    method, url, headers=headers, body=body, wait=wait, ssl=host.ssl_context()
-                )
-            except aiohttp.ClientConnectorCertificateError:
-                raise
-            except aiohttp.ClientConnectorSSLError:
-                if not (host.http_fallback and url.scheme == "https"):
-                    raise
-                # The port speaks plain HTTP: remember it for this host, as containerd does.
-                self._plain.add(host.host)
-                return await self._send_once(
-                    method, url.with_scheme("http"), headers=headers, body=body, wait=wait, ssl=True
-                )
-        except TimeoutError as exc:
-            raise errors.DeadlineExceeded(f"{what}: {url.origin()} did not answer within {wait:g}s") from exc
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise errors.Unavailable(f"{what}: TLS certificate of {url.origin()} not trusted: {exc}") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise errors.Unavailable(f"{what}: {method} {url.origin()}: {exc}") from exc
+        wait: float | None,
+        once: Send[R],
+    ) -> R:
+        """One hop through ``once`` (pooled or blocking), whatever the status: the fall-back to HTTP, typed failures.
 
-    async def _send_blocking(
-        self, host: RegistryHost, method: str, url: yarl.URL, headers: dict[str, str], what: str
-    ) -> BlockingResponse:
+        Either way a TLS failure is one of the ssl module's errors (aiohttp's
+        connector errors derive from them).
+        """
         try:
             try:
-                return await self._send_blocking_once(method, url, headers, host.ssl_context())
+                return await once(method, url, headers, body, host.ssl_context())
             except ssl.SSLCertVerificationError:
                 raise
             except ssl.SSLError:
                 if not (host.http_fallback and url.scheme == "https"):
                     raise
-                self._plain.add(host.host)  # as _send does
-                return await self._send_blocking_once(method, url.with_scheme("http"), headers, True)
+                # The port speaks plain HTTP: remember it for this host, as containerd does.
+                self._plain.add(host.host)
+                return await once(method, url.with_scheme("http"), headers, body, True)
         except TimeoutError as exc:
-            raise errors.DeadlineExceeded(
-                f"{what}: {url.origin()} did not answer within {self.progress_timeout:g}s"
-            ) from exc
+            bound = self.connect_timeout if wait is None else wait  # unbounded but for the connect
+            raise errors.DeadlineExceeded(f"{what}: {url.origin()} did not answer within {bound:g}s") from exc
         except ssl.SSLCertVerificationError as exc:
             raise errors.Unavailable(f"{what}: TLS certificate of {url.origin()} not trusted: {exc}") from exc
-        except (http.client.HTTPException, OSError) as exc:
+        except (aiohttp.ClientError, http.client.HTTPException, OSError) as exc:
             raise errors.Unavailable(f"{what}: {method} {url.origin()}: {exc}") from exc
 
-    async def _send_blocking_once(
-        self, method: str, url: yarl.URL, headers: dict[str, str], tls: ssl.SSLContext | bool
+    async def _send_blocking(
+        self, method: str, url: yarl.URL, headers: dict[str, str], body: Body, tls: ssl.SSLContext | bool
     ) -> BlockingResponse:
+        """Send on a connection of its own from a registry I/O thread; answer once the headers are in."""
+        assert body is None
         # The connect is bounded as the pooled client's is; each step after it by the progress timeout.
         host, port, timeout = url.raw_host or "", url.port, self.connect_timeout
         if url.scheme == "https":
@@ -493,15 +486,6 @@ class Transport:
             resp.release()
             raise
         return resp
-
-    async def _send_once(
-        self, method: str, url: yarl.URL, *, headers: dict[str, str], body: Body, wait: float | None, ssl: Any
-    ) -> aiohttp.ClientResponse:
-        data = body() if callable(body) else body
-        async with asyncio.timeout(wait):
-            return await self.session.request(
-                method, url, headers=headers, data=data, ssl=ssl, allow_redirects=False
-            )
 
 
 async def read_body(resp: Response, limit: int, *, wait: float | None = None) -> bytes:

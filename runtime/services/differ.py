@@ -39,7 +39,7 @@ import contextlib
 import ctypes
 import os
 import shutil
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -129,7 +129,7 @@ class WalkingDiffer:
         blob = str(await self.content.open_blob(desc.digest))
         upper = _upper_of(mounts)
         async with contextlib.AsyncExitStack() as stack:
-            target = upper if upper is not None else await stack.enter_async_context(self._mounted(mounts))
+            target = upper if upper is not None else await self._mount(stack, mounts)
             job = ExtractJob(
                 sources=(blob,),
                 size=info.size,
@@ -189,16 +189,12 @@ class WalkingDiffer:
     ) -> Diff:
         upper_dir = _upper_of(upper)
         async with contextlib.AsyncExitStack() as stack:
-            low = (
-                await stack.enter_async_context(self._mounted([readonly(m) for m in lower]))
-                if lower
-                else None
-            )
+            low = await self._mount(stack, [readonly(m) for m in lower]) if lower else None
             if upper_dir is not None and _layers_shown(lower) == _lowers(upper[0]):
                 return await self.workers.run(
                     diff_to_file, low, upper_dir, out, True, compression.value, epoch
                 )
-            high = await stack.enter_async_context(self._mounted([readonly(m) for m in upper]))
+            high = await self._mount(stack, [readonly(m) for m in upper])
             return await self.workers.run(diff_to_file, low, high, out, False, compression.value, epoch)
 
     async def _store(self, path: Path, ref: str, desc: Descriptor, labels: dict[str, str]) -> None:
@@ -214,26 +210,15 @@ class WalkingDiffer:
         except errors.AlreadyExists:
             await set_labels(self.content, desc.digest, labels)
 
-    @contextlib.asynccontextmanager
-    async def _mounted(self, mounts: Sequence[Mount]) -> AsyncIterator[str]:
-        """Mount ``mounts`` on a fresh directory under the scratch directory, and undo it on exit."""
-        await asyncio.to_thread(self.scratch.mkdir, parents=True, exist_ok=True)
-        import tempfile  # a diff's mount point; not needed by an idle daemon
-
-        point = await asyncio.to_thread(tempfile.mkdtemp, prefix="mount-", dir=self.scratch)
+    async def _mount(self, stack: contextlib.AsyncExitStack, mounts: Sequence[Mount]) -> str:
+        """Mount ``mounts`` under the scratch directory until ``stack`` closes; return where."""
         try:
-            try:
-                await asyncio.to_thread(mount.mount_all, mounts, point)
-            except OSError as exc:
-                raise errors.InvalidArgument(
-                    f"mounts: cannot mount {list(mounts)}: {exc.strerror or exc}"
-                ) from exc
-            try:
-                yield point
-            finally:
-                await asyncio.to_thread(mount.unmount_all, point, mount.MNT_DETACH)
-        finally:
-            await asyncio.to_thread(os.rmdir, point)
+            return await stack.enter_async_context(mount.temporary(mounts, self.scratch))
+        except OSError as exc:
+            # They are the request's mounts: one the kernel refuses is the caller's to fix.
+            raise errors.InvalidArgument(
+                f"mounts: cannot mount {list(mounts)}: {exc.strerror or exc}"
+            ) from exc
 
     async def close(self) -> None:
         """Stop the worker processes."""

@@ -118,7 +118,7 @@ def test_shared_pull_survives_a_caller_going_away(tmp_path: Path) -> None:
         calls: list[str] = []
 
         class Gated(ImagePuller):
-            async def _pull(self, ref: object, snapshotter: str, credentials: object, cfg: object) -> str:
+            async def _pull(self, ref: object, snapshotter: str, credentials: object) -> str:
                 calls.append(str(ref))
                 await gate.wait()
                 return "sha256:" + "e" * 64
@@ -224,6 +224,24 @@ def test_pull_records_three_names_and_answers_the_image_id(tmp_path: Path, remot
         assert await puller._puller.is_unpacked(records[ref].target, snapshotter="native")
         with pytest.raises(errors.NotFound, match=f'"{DOMAIN}/unit/app:latest"'):
             await puller.pull(f"{DOMAIN}/unit/app")
+
+    pull_run(tmp_path, remote, body)
+
+
+def test_pulls_with_equal_auth_configs_share_one_pull(tmp_path: Path, remote: Remote) -> None:
+    """The CRI decides which PullImage calls share a pull: equal AuthConfigs do, others do not."""
+    ref = f"{DOMAIN}/unit/app:1"
+
+    async def body(s: Stores, puller: ImagePuller) -> None:
+        Counting.calls = 0
+        # Separate but equal AuthConfigs (two PullImage requests): each gets a callback of its own.
+        same = [auth.AuthConfig(username="u", password="p") for _ in range(2)]
+        other = auth.AuthConfig(username="u", password="q")
+        ids = await asyncio.gather(*(puller.pull(ref, cfg) for cfg in same))
+        assert list(ids) == [remote.image.config_desc.digest] * 2 and Counting.calls == 1
+        Counting.calls = 0
+        ids = await asyncio.gather(puller.pull(ref, same[0]), puller.pull(ref, other), puller.pull(ref))
+        assert len(set(ids)) == 1 and Counting.calls == 3  # one pull per credentials
 
     pull_run(tmp_path, remote, body)
 

@@ -137,6 +137,11 @@ def test_apply_errors_are_typed(tmp_path: Path) -> None:
         hostile = build_layer([File("../../x", b"x")])
         bad = await store_blob(r, hostile.blob, hostile.media_type)
         cases.append((pb.ApplyRequest(diff=bad, mounts=mounts), grpc.StatusCode.INVALID_ARGUMENT, "../../x"))
+        nowhere = mounts_to_proto([Mount("bind", str(r.root / "no-such-dir"), options=("rbind", "rw"))])
+        layer = await store_blob(r, BASE.blob, BASE.media_type)
+        cases.append(
+            (pb.ApplyRequest(diff=layer, mounts=nowhere), grpc.StatusCode.INVALID_ARGUMENT, "cannot mount")
+        )
         for request, code, words in cases:
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await stub.Apply(request, metadata=MD)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 from pathlib import Path
@@ -133,3 +134,26 @@ def test_real_read_only_bind_and_unmount_all(tmp_path: Path) -> None:
     assert not [
         line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(tmp_path) in line
     ]
+
+
+@needs_root
+def test_temporary_mount_point_is_made_and_removed(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"  # made by the first use
+    tmpfs = [Mount("tmpfs", "tmpfs", options=("size=1m",))]
+
+    async def main() -> None:
+        async with mount.temporary(tmpfs, scratch) as point:
+            assert Path(point).parent == scratch and mount.is_mount_point(point)
+        with pytest.raises(RuntimeError):
+            async with mount.temporary(tmpfs, scratch) as point:
+                raise RuntimeError("the block failed")
+        assert not mount.is_mount_point(point)
+        with pytest.raises(FileNotFoundError):  # the kernel's error, as it is
+            async with mount.temporary(
+                [Mount("bind", str(tmp_path / "missing"), options=("rbind",))], scratch
+            ):
+                pass
+
+    asyncio.run(main())
+    assert list(scratch.iterdir()) == []  # every mount point removed
+    assert str(scratch) not in Path("/proc/self/mountinfo").read_text()

@@ -627,8 +627,8 @@ def test_pulls_with_other_credentials_are_not_shared(tmp_path: Path, locked_regi
             opts = {"plain_http": True}
             # Started together: the second would join the first's pull if credentials were ignored.
             results = await asyncio.gather(
-                r.puller.pull(ref, PullOptions(credentials=good, credentials_key="good", **opts)),
-                r.puller.pull(ref, PullOptions(credentials=wrong, credentials_key="wrong", **opts)),
+                r.puller.pull(ref, PullOptions(credentials=good, **opts)),
+                r.puller.pull(ref, PullOptions(credentials=wrong, **opts)),
                 r.puller.pull(ref, PullOptions(**opts)),
                 r.puller.pull(ref, PullOptions(credentials=auth.static(None), **opts)),  # another object
                 return_exceptions=True,
@@ -648,11 +648,9 @@ def test_pulls_with_the_same_credentials_share_one(tmp_path: Path, locked_regist
         await _push_locked(locked_registry, "test/shared:1", image)
         async with proxy(locked_registry.host) as px, rig(tmp_path) as r:
             ref = f"{px.host}/test/shared:1"
-            # Two callbacks, one key: what the CRI passes for two requests with the same AuthConfig.
-            opts = [
-                PullOptions(credentials=auth.static(auth.Credentials(USER, PASSWORD)), credentials_key="k")
-                for _ in range(2)
-            ]
+            # Two callers with one credentials callback (the CRI shares equal AuthConfigs itself).
+            creds = auth.static(auth.Credentials(USER, PASSWORD))
+            opts = [PullOptions(credentials=creds) for _ in range(2)]
             first, second = await asyncio.gather(*(r.puller.pull(ref, o) for o in opts))
             assert first == second
             blobs = [image.config_desc, *(x.descriptor for x in image.layers)]

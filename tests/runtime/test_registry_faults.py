@@ -21,7 +21,7 @@ from tests.support.registry import serve_app
 from wharfd.runtime import errors
 from wharfd.runtime.images import manifest, mediatypes
 from wharfd.runtime.images.manifest import MAX_MANIFEST_SIZE, Descriptor, digest_of
-from wharfd.runtime.registry import Fetcher, HostsConfig, Resolver, Transport, auth
+from wharfd.runtime.registry import Capability, Fetcher, HostsConfig, Resolver, Transport, auth
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB
 BLOB_DESC = Descriptor(mediatypes.OCI_LAYER_GZIP, digest_of(BLOB), len(BLOB))
@@ -109,6 +109,23 @@ def test_headers_that_never_come_are_a_deadline_too() -> None:
         release.set()
 
     asyncio.run(_with_fake({"/v2/test/silent/manifests/1": silent}, body, progress_timeout=0.3))
+
+
+def test_an_unbounded_request_still_has_a_connect_deadline() -> None:
+    """Uploads wait for their answer without a bound (wait=None); the connect keeps its timeout."""
+
+    async def main() -> None:
+        with socket.create_server(("127.0.0.1", 0)) as silent:  # connects, then never speaks TLS
+            host = f"127.0.0.1:{silent.getsockname()[1]}"
+            async with Transport(HostsConfig(), connect_timeout=0.2) as transport:
+                (registry,) = await transport.hosts(host, Capability.PUSH)
+                url = transport.url(registry, "test", "blobs", "uploads/")
+                with pytest.raises(errors.DeadlineExceeded, match=r"upload: .* did not answer within 0\.2s"):
+                    await transport.request(
+                        registry, "POST", url, what="upload", scopes=[], body=b"x", wait=None
+                    )
+
+    asyncio.run(main())
 
 
 def _dropping_blob(requests: list[str]) -> Handler:
