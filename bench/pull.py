@@ -83,6 +83,7 @@ from wharfd.api.services.content.v1 import content_pb2_grpc as cpb_grpc
 from wharfd.api.services.images.v1 import images_pb2 as ipb
 from wharfd.api.services.images.v1 import images_pb2_grpc as ipb_grpc
 from wharfd.runtime import events, gc, mount, namespaces, plugin
+from wharfd.runtime.content import plugin as content_plugin
 from wharfd.runtime.images import mediatypes
 from wharfd.runtime.images.manifest import Descriptor, digest_of
 from wharfd.runtime.images.pull import PLUGIN as PULL_PLUGIN
@@ -90,7 +91,7 @@ from wharfd.runtime.images.pull import Puller
 from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.registry import HostsConfig, Resolver, Transport
 from wharfd.runtime.services import differ
-from wharfd.runtime.services import plugins as api
+from wharfd.runtime.snapshots import plugin as snapshots_plugin
 
 PY_SOURCES = ["/usr/lib/python3.11", "/usr/lib/python3", "/usr/share/doc"]
 BIG_FILES = ["/usr/sbin/runc", "/usr/bin/runc", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", "/bin/busybox"]
@@ -354,8 +355,8 @@ async def daemon(root: Path) -> AsyncIterator[plugin.PluginSet]:
     regs = [
         metadata_plugin.PLUGIN,
         events.PLUGIN,
-        api.CONTENT_STORE_PLUGIN,
-        api.OVERLAYFS_PLUGIN,
+        content_plugin.PLUGIN,
+        snapshots_plugin.OVERLAYFS_PLUGIN,
         gc.PLUGIN,
         differ.PLUGIN,
         PULL_PLUGIN,

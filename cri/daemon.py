@@ -34,7 +34,7 @@ from typing import IO
 import grpc
 
 from wharfd.cri import builtins, config
-from wharfd.runtime import errors, logs, malloc, metrics, plugin, prom
+from wharfd.runtime import errors, logs, malloc, plugin
 from wharfd.runtime.events import Exchange
 from wharfd.runtime.ttrpc.server import TtrpcServer
 
@@ -193,9 +193,6 @@ class Daemon:
         address = Path(self.cfg.grpc.address)
         ttrpc_address = Path(self.cfg.ttrpc_address())
 
-        if self.cfg.metrics.address and metrics.PLUGIN.uri not in self.cfg.disabled_plugins:
-            # Served metrics count from the first plugin's start (a start-up collection too).
-            prom.enable()
         self.plugins = plugin.PluginSet(
             builtins.registrations(),
             disabled=self.cfg.disabled_plugins,

@@ -7,6 +7,10 @@ only when ``[metrics] grpc_histogram`` is on, and a build-info counter.
 The server runs only when ``[metrics] address`` is set; otherwise the plugin
 reports ``skip``, and neither prometheus_client nor aiohttp is imported (the
 metrics are :mod:`wharfd.runtime.prom`'s, which drop updates until enabled).
+
+The plugin is the one switch: it enables the metrics once it serves them, and
+it starts before every other plugin (first in :mod:`wharfd.cri.builtins`, and
+it requires none), so what they count from their start on is served.
 """
 
 from __future__ import annotations
@@ -171,8 +175,6 @@ async def _init(ctx: plugin.InitContext) -> MetricsServer:
     # Only a daemon that serves metrics imports the HTTP server and prometheus_client.
     from aiohttp import web
 
-    prom.enable()  # the daemon did so before any plugin started; in-process users get it here
-    BUILD_INFO.labels(version.version(), version.revision()).inc(0)
     app = web.Application()
     app.router.add_get("/v1/metrics", _serve)
     runner = web.AppRunner(app, access_log=None)
@@ -183,6 +185,9 @@ async def _init(ctx: plugin.InitContext) -> MetricsServer:
     except OSError:
         await runner.cleanup()
         raise
+    # Collect only what is served: a failed bind above leaves the metrics off.
+    prom.enable()
+    BUILD_INFO.labels(version.version(), version.revision()).inc(0)
     ctx.exports["address"] = address
     return MetricsServer(runner, GrpcMetrics(ctx.config.metrics.grpc_histogram))
 

@@ -20,7 +20,7 @@ rely on it:
   (containerd's own server counts from the requested offset instead).
 * ``List`` sends the matching blobs in batches of 100.
 
-The content store itself and this service's plugin are in
+The content store's plugin is :mod:`wharfd.runtime.content.plugin`, this service's
 :mod:`wharfd.runtime.services.plugins`; this module loads on the service's first call.
 """
 

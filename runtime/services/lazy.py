@@ -3,14 +3,16 @@
 An idle node daemon serves kubelet through the CRI; containerd's client API
 (``ctr``, ``wharf``) is called now and then, and each of its services costs
 its servicer module, its generated ``*_pb2`` modules and their descriptors.
-:class:`LazyService` answers for one such service from a small table of its
-method names and kinds (:class:`Api`). The first call imports the module in
-a worker thread (the event loop keeps serving meanwhile), builds the real
-servicer and takes its method handlers as the generated ``add_*_to_server``
-would register them; from then on the real handlers answer directly. Calls
-that arrive while the import runs wait for it; the first call's request is
-deserialized, and every response serialized, by the real handler's own
-functions, so what goes over the wire is the same as with eager registration.
+:class:`LazyService` answers for one such service from its method names and
+kinds (:class:`Api`; hack/protogen.py generates the table from the .proto
+files into :mod:`wharfd.api.services.methods`, which holds no descriptors).
+The first call imports the module in a worker thread (the event loop keeps
+serving meanwhile), builds the real servicer and takes its method handlers as
+the generated ``add_*_to_server`` would register them; from then on the real
+handlers answer directly. Calls that arrive while the import runs wait for
+it; the first call's request is deserialized, and every response serialized,
+by the real handler's own functions, so what goes over the wire is the same
+as with eager registration.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+from wharfd.api.services.methods import METHODS
+
 Context = grpc.aio.ServicerContext[Any, Any]
 # A Handler; grpc-stubs type its behaviours as the synchronous server's, these are grpc.aio's.
 Handler = Any
@@ -33,20 +37,22 @@ if TYPE_CHECKING:
 else:
     _GenericRpcHandler = grpc.GenericRpcHandler
 
-# A method's kind: (request_streaming, response_streaming).
-UNARY = (False, False)
-SERVER_STREAM = (False, True)
-CLIENT_STREAM = (True, False)
-BIDI = (True, True)
-
 
 @dataclass(frozen=True)
 class Api:
-    """One gRPC service: its full name, the module that implements it, and its methods' kinds."""
+    """One gRPC service: its full name and the module that implements it."""
 
     service: str
     module: str
-    methods: Mapping[str, tuple[bool, bool]]
+
+    def __post_init__(self) -> None:
+        if self.service not in METHODS:  # a misspelt name fails at import, not on the first call
+            raise ValueError(f"{self.service}: no .proto file under api/services/ declares this service")
+
+    @property
+    def methods(self) -> Mapping[str, tuple[bool, bool]]:
+        """Each method's kind, (request streaming, response streaming), as the .proto declares it."""
+        return METHODS[self.service]
 
 
 class Registrable(Protocol):

@@ -1,12 +1,15 @@
 """The plugins of containerd's client API, as the daemon starts them.
 
-The plugins these services sit on start with the daemon: the content store,
-the snapshotters, the stream manager and the shims' ttrpc Events/Forward
-(the walking differ is :mod:`wharfd.runtime.services.differ`). Each gRPC
-service's plugin also starts then, checking and taking what it requires as
-before, but serves through a :class:`~wharfd.runtime.services.lazy.LazyService`:
-its servicer module and generated ``*_pb2`` modules are imported on the
-service's first call, which ``ctr``/``wharf`` make and kubelet never does.
+The plugins these services sit on start with the daemon, each beside what it
+serves: the content store (:mod:`wharfd.runtime.content.plugin`), the
+snapshotters (:mod:`wharfd.runtime.snapshots.plugin`), the stream manager
+(:mod:`wharfd.runtime.services.stream_manager`) and the walking differ
+(:mod:`wharfd.runtime.services.differ`); the shims' ttrpc Events/Forward is
+here. Each gRPC service's plugin also starts then, checking and taking what it
+requires as before, but serves through a
+:class:`~wharfd.runtime.services.lazy.LazyService`: its servicer module and
+generated ``*_pb2`` modules are imported on the service's first call, which
+``ctr``/``wharf`` make and kubelet never does.
 
 This module must stay light: it imports no service implementation and no
 generated module of the gRPC services.
@@ -14,114 +17,39 @@ generated module of the gRPC services.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import shutil
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from wharfd.api.services.ttrpc.events.v1 import events_pb2 as ttrpc_events_pb2
-from wharfd.runtime import errors, namespaces, plugin
-from wharfd.runtime.content import store as content
-from wharfd.runtime.content.local import LocalStore
+from wharfd.runtime import errors, plugin
 from wharfd.runtime.events import Exchange
 from wharfd.runtime.metadata.containers import ContainerStore
-from wharfd.runtime.services.lazy import BIDI, SERVER_STREAM, UNARY, Api, LazyService
-from wharfd.runtime.snapshots import native, overlay
-from wharfd.runtime.snapshots.metadata import NamespacedSnapshotter
+from wharfd.runtime.services.lazy import Api, LazyService
+from wharfd.runtime.services.stream_manager import STREAMING
 
-if TYPE_CHECKING:
-    from wharfd.runtime.services.streaming import Stream
-
-STREAMING = "io.containerd.streaming.v1"
 TTRPC_EVENTS_SERVICE = "containerd.services.events.ttrpc.v1.Events"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _unary(*names: str) -> dict[str, tuple[bool, bool]]:
-    return dict.fromkeys(names, UNARY)
-
-
-# The services and their methods, as their .proto files declare them (tests/cri/test_daemon_memory.py
-# checks these tables against the generated code).
+# The services, by full name, and the modules that serve them; each one's methods are the table
+# hack/protogen.py generates from its .proto file (wharfd.api.services.methods).
 _SERVICES = "wharfd.runtime.services"
-CONTAINERS = Api(
-    "containerd.services.containers.v1.Containers",
-    f"{_SERVICES}.containers",
-    {**_unary("Get", "List", "Create", "Update", "Delete"), "ListStream": SERVER_STREAM},
-)
-CONTENT = Api(
-    "containerd.services.content.v1.Content",
-    f"{_SERVICES}.content",
-    {
-        **_unary("Info", "Update", "Delete", "Status", "ListStatuses", "Abort"),
-        "List": SERVER_STREAM,
-        "Read": SERVER_STREAM,
-        "Write": BIDI,
-    },
-)
-DIFF = Api("containerd.services.diff.v1.Diff", f"{_SERVICES}.diff", _unary("Apply", "Diff"))
-EVENTS = Api(
-    "containerd.services.events.v1.Events",
-    f"{_SERVICES}.events",
-    {**_unary("Publish", "Forward"), "Subscribe": SERVER_STREAM},
-)
-IMAGES = Api(
-    "containerd.services.images.v1.Images",
-    f"{_SERVICES}.images",
-    _unary("Get", "List", "Create", "Update", "Delete"),
-)
-INTROSPECTION = Api(
-    "containerd.services.introspection.v1.Introspection",
-    f"{_SERVICES}.introspection",
-    _unary("Plugins", "Server", "PluginInfo"),
-)
-LEASES = Api(
-    "containerd.services.leases.v1.Leases",
-    f"{_SERVICES}.leases",
-    _unary("Create", "Delete", "List", "AddResource", "DeleteResource", "ListResources"),
-)
-NAMESPACES = Api(
-    "containerd.services.namespaces.v1.Namespaces",
-    f"{_SERVICES}.namespaces",
-    _unary("Get", "List", "Create", "Update", "Delete"),
-)
-SNAPSHOTS = Api(
-    "containerd.services.snapshots.v1.Snapshots",
-    f"{_SERVICES}.snapshots",
-    {
-        **_unary("Prepare", "View", "Mounts", "Commit", "Remove", "Stat", "Update", "Usage", "Cleanup"),
-        "List": SERVER_STREAM,
-    },
-)
-STREAMING_API = Api("containerd.services.streaming.v1.Streaming", f"{_SERVICES}.streaming", {"Stream": BIDI})
-TASKS = Api(
-    "containerd.services.tasks.v1.Tasks",
-    f"{_SERVICES}.tasks",
-    _unary(
-        "Create",
-        "Start",
-        "Delete",
-        "DeleteProcess",
-        "Get",
-        "List",
-        "Kill",
-        "Exec",
-        "ResizePty",
-        "CloseIO",
-        "Pause",
-        "Resume",
-        "ListPids",
-        "Checkpoint",
-        "Update",
-        "Metrics",
-        "Wait",
-    ),
-)
-TRANSFER = Api("containerd.services.transfer.v1.Transfer", f"{_SERVICES}.transfer", _unary("Transfer"))
-VERSION = Api("containerd.services.version.v1.Version", f"{_SERVICES}.version", _unary("Version"))
+CONTAINERS = Api("containerd.services.containers.v1.Containers", f"{_SERVICES}.containers")
+CONTENT = Api("containerd.services.content.v1.Content", f"{_SERVICES}.content")
+DIFF = Api("containerd.services.diff.v1.Diff", f"{_SERVICES}.diff")
+EVENTS = Api("containerd.services.events.v1.Events", f"{_SERVICES}.events")
+IMAGES = Api("containerd.services.images.v1.Images", f"{_SERVICES}.images")
+INTROSPECTION = Api("containerd.services.introspection.v1.Introspection", f"{_SERVICES}.introspection")
+LEASES = Api("containerd.services.leases.v1.Leases", f"{_SERVICES}.leases")
+NAMESPACES = Api("containerd.services.namespaces.v1.Namespaces", f"{_SERVICES}.namespaces")
+SNAPSHOTS = Api("containerd.services.snapshots.v1.Snapshots", f"{_SERVICES}.snapshots")
+STREAMING_API = Api("containerd.services.streaming.v1.Streaming", f"{_SERVICES}.streaming")
+TASKS = Api("containerd.services.tasks.v1.Tasks", f"{_SERVICES}.tasks")
+TRANSFER = Api("containerd.services.transfer.v1.Transfer", f"{_SERVICES}.transfer")
+VERSION = Api("containerd.services.version.v1.Version", f"{_SERVICES}.version")
 APIS = (
     CONTAINERS,
     CONTENT,
@@ -139,128 +67,7 @@ APIS = (
 )
 
 
-# --- the content store -------------------------------------------------------
-
-
-def _publisher(ctx: plugin.InitContext) -> content.Publish | None:
-    # Events arrive with the events exchange; until it is loaded, nothing is published.
-    try:
-        exchange = ctx.get(plugin.EVENT)
-    except errors.WharfError:
-        return None
-    publish: content.Publish | None = getattr(exchange, "publish", None)
-    return publish
-
-
-def _clean_stale(root: Path) -> None:
-    # An abort renames an ingest to "<key>.<uuid>.tmp" before removing it; a crash can leave one.
-    ingest_root = root / "ingest"
-    if ingest_root.is_dir():
-        for stale in ingest_root.glob("*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-async def _init_content_store(ctx: plugin.InitContext) -> LocalStore:
-    metadata = ctx.get(plugin.METADATA)
-    policy = str(ctx.plugin_config.get("content_sharing_policy", "shared"))
-    await asyncio.to_thread(ctx.root.mkdir, parents=True, exist_ok=True)
-    await asyncio.to_thread(_clean_stale, ctx.root)
-    ctx.exports["root"] = str(ctx.root)
-    return LocalStore(ctx.root, metadata.db, policy=policy, publish=_publisher(ctx))
-
-
-CONTENT_STORE_PLUGIN = plugin.Registration(
-    type=plugin.CONTENT, id="content", init=_init_content_store, requires=(plugin.METADATA, plugin.EVENT)
-)
-
-
-# --- the snapshotters --------------------------------------------------------
-
-
-def _root(ctx: plugin.InitContext) -> Path:
-    value = ctx.plugin_config.get("root_path") or ctx.root
-    if not isinstance(value, str | Path):
-        raise errors.InvalidArgument(f"plugins.{ctx.registration.uri!r}.root_path must be a string")
-    ctx.exports["root"] = str(value)
-    return Path(value)
-
-
-def _mount_options(ctx: plugin.InitContext) -> list[str]:
-    value = ctx.plugin_config.get("mount_options", [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise errors.InvalidArgument(
-            f"plugins.{ctx.registration.uri!r}.mount_options must be a list of strings"
-        )
-    return value
-
-
-async def _init_overlayfs(ctx: plugin.InitContext) -> NamespacedSnapshotter:
-    root = _root(ctx)
-    reason = await asyncio.to_thread(overlay.check_supported, root)
-    if reason is not None:
-        raise plugin.SkipPlugin(reason)
-    backend = await asyncio.to_thread(overlay.OverlayBackend, root, options=_mount_options(ctx))
-    return NamespacedSnapshotter(ctx.get(plugin.METADATA).db, backend)
-
-
-async def _init_native(ctx: plugin.InitContext) -> NamespacedSnapshotter:
-    backend = await asyncio.to_thread(native.NativeBackend, _root(ctx))
-    return NamespacedSnapshotter(ctx.get(plugin.METADATA).db, backend)
-
-
-OVERLAYFS_PLUGIN = plugin.Registration(
-    type=plugin.SNAPSHOTTER,
-    id=overlay.NAME,
-    init=_init_overlayfs,
-    requires=(plugin.METADATA,),
-    host_platform=True,
-)
-NATIVE_PLUGIN = plugin.Registration(
-    type=plugin.SNAPSHOTTER,
-    id=native.NAME,
-    init=_init_native,
-    requires=(plugin.METADATA,),
-    host_platform=True,
-)
-
-
-# --- streams, shim events, the installation's uuid ---------------------------
-
-
-class StreamManager:
-    """Registered streams (:class:`~wharfd.runtime.services.streaming.Stream`) by (namespace, id)."""
-
-    def __init__(self) -> None:
-        self._streams: dict[tuple[str, str], Stream] = {}
-
-    def register(self, namespace: str, stream: Stream) -> None:
-        """Make ``stream`` findable; AlreadyExists when the id is in use."""
-        key = (namespace, stream.id)
-        if key in self._streams:
-            raise errors.AlreadyExists(f'stream "{stream.id}": already exists')
-        self._streams[key] = stream
-
-    def unregister(self, namespace: str, stream: Stream) -> None:
-        """Forget ``stream`` (if it is still the one registered under its id)."""
-        if self._streams.get((namespace, stream.id)) is stream:
-            del self._streams[(namespace, stream.id)]
-
-    def get(self, stream_id: str) -> Stream:
-        """The open stream ``stream_id`` of the current namespace; NotFound otherwise."""
-        found = self._streams.get((namespaces.required(), stream_id))
-        if found is None or found.closed:
-            raise errors.NotFound(f'stream "{stream_id}": not found')
-        return found
-
-    def __len__(self) -> int:
-        return len(self._streams)
-
-
-async def _init_stream_manager(ctx: plugin.InitContext) -> StreamManager:
-    return StreamManager()
-
-
-STREAM_MANAGER_PLUGIN = plugin.Registration(type=STREAMING, id="manager", init=_init_stream_manager)
+# --- shim events, the installation's uuid -------------------------------------
 
 
 class TtrpcForward:

@@ -7,11 +7,12 @@ and is required. After Prepare, Commit and Remove the optional ``publish``
 callback gets the event containerd publishes (``/snapshot/prepare``,
 ``/snapshot/commit``, ``/snapshot/remove``), in the caller's namespace.
 
-The plugins (:mod:`wharfd.runtime.services.plugins`): ``io.containerd.snapshotter.v1`` ``overlayfs`` (skipped, with the
-reason, where overlayfs cannot be mounted on its root) and ``native``, each
-a :class:`~wharfd.runtime.snapshots.metadata.NamespacedSnapshotter` over the
-metadata plugin's database; and the gRPC plugin ``snapshots`` serving every
-snapshotter that started. Config keys of a snapshotter plugin:
+The plugins: ``io.containerd.snapshotter.v1`` ``overlayfs`` (skipped, with the
+reason, where overlayfs cannot be mounted on its root) and ``native``
+(:mod:`wharfd.runtime.snapshots.plugin`), each a
+:class:`~wharfd.runtime.snapshots.metadata.NamespacedSnapshotter` over the
+metadata plugin's database; and the gRPC plugin ``snapshots``
+(:mod:`wharfd.runtime.services.plugins`) serving every snapshotter that started. Config keys of a snapshotter plugin:
 ``root_path`` (default: the plugin's root) and, for overlayfs,
 ``mount_options`` (added to every overlay mount).
 """

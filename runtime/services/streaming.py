@@ -35,7 +35,7 @@ from wharfd.api.services.streaming.v1 import streaming_pb2_grpc as pb_grpc
 from wharfd.api.types.transfer import streaming_pb2 as tpb
 from wharfd.runtime import errors, namespaces
 from wharfd.runtime.services import boundary
-from wharfd.runtime.services.plugins import StreamManager
+from wharfd.runtime.services.stream_manager import StreamManager
 
 log = logging.getLogger("wharfd.streaming")
 

@@ -42,7 +42,7 @@ from wharfd.runtime.images.transfer import LocalTransfer, RegistryEndpoint, host
 from wharfd.runtime.registry.auth import Credentials
 from wharfd.runtime.services import boundary
 from wharfd.runtime.services.convert import descriptor_to_proto
-from wharfd.runtime.services.plugins import StreamManager
+from wharfd.runtime.services.stream_manager import StreamManager
 from wharfd.runtime.services.streaming import (
     ByteSender,
     Stream,

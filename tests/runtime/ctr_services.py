@@ -25,10 +25,12 @@ from wharfd.api.services.images.v1 import images_pb2 as ipb
 from wharfd.api.types import descriptor_pb2
 from wharfd.runtime import events, gc, mount, plugin
 from wharfd.runtime.client import Client
+from wharfd.runtime.content import plugin as content_plugin
 from wharfd.runtime.ctr import main
 from wharfd.runtime.ctr.content import write_blob
 from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.services import plugins as api
+from wharfd.runtime.snapshots import plugin as snapshots_plugin
 
 T = TypeVar("T")
 
@@ -39,11 +41,11 @@ REGISTRATIONS = (
     api.NAMESPACES_PLUGIN,
     api.IMAGES_PLUGIN,
     api.LEASES_PLUGIN,
-    api.CONTENT_STORE_PLUGIN,
+    content_plugin.PLUGIN,
     api.CONTENT_PLUGIN,
     gc.PLUGIN,
-    api.OVERLAYFS_PLUGIN,
-    api.NATIVE_PLUGIN,
+    snapshots_plugin.OVERLAYFS_PLUGIN,
+    snapshots_plugin.NATIVE_PLUGIN,
     api.SNAPSHOTS_PLUGIN,
     api.INTROSPECTION_PLUGIN,
 )

@@ -22,6 +22,7 @@ from aiohttp import web
 from tests.support.images import Image, ImageIndex, push_image, push_index
 from tests.support.registry import serve_app
 from wharfd.runtime import events, gc, mount, namespaces, plugin
+from wharfd.runtime.content import plugin as content_plugin
 from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.images.pull import PLUGIN as PULL_PLUGIN
 from wharfd.runtime.images.pull import Puller
@@ -29,7 +30,7 @@ from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.metadata.images import ImageStore
 from wharfd.runtime.registry import HostsConfig, Resolver, Transport
 from wharfd.runtime.services import differ
-from wharfd.runtime.services import plugins as api
+from wharfd.runtime.snapshots import plugin as snapshots_plugin
 from wharfd.runtime.snapshots.metadata import NamespacedSnapshotter
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlayfs, owners, device nodes)")
@@ -79,9 +80,9 @@ class Rig:
 REGISTRATIONS: Sequence[plugin.Registration] = (
     metadata_plugin.PLUGIN,
     events.PLUGIN,
-    api.CONTENT_STORE_PLUGIN,
-    api.OVERLAYFS_PLUGIN,
-    api.NATIVE_PLUGIN,
+    content_plugin.PLUGIN,
+    snapshots_plugin.OVERLAYFS_PLUGIN,
+    snapshots_plugin.NATIVE_PLUGIN,
     gc.PLUGIN,
     differ.PLUGIN,
     PULL_PLUGIN,

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from wharfd.api.events import content_pb2 as events_pb2
 from wharfd.runtime import errors, namespaces, plugin
 from wharfd.runtime.content import ingest
+from wharfd.runtime.content import plugin as content_plugin
 from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.content.store import Expected
 from wharfd.runtime.content.testsuite import blob, namespace, read_all
@@ -368,7 +369,7 @@ def test_migration_2(tmp_path: Path) -> None:
 
 def test_plugins_start_over_the_metadata_plugin(tmp_path: Path) -> None:
     async def main() -> None:
-        plugins = plugin.PluginSet([api.CONTENT_PLUGIN, api.CONTENT_STORE_PLUGIN, metadata_plugin.PLUGIN])
+        plugins = plugin.PluginSet([api.CONTENT_PLUGIN, content_plugin.PLUGIN, metadata_plugin.PLUGIN])
         stale = tmp_path / "io.containerd.content.v1.content" / "ingest" / "abc.123.tmp"
         stale.mkdir(parents=True)
 

@@ -175,10 +175,10 @@ def test_unsupported_root_gives_a_reason_and_the_plugin_skips(tmp_path: Path) ->
         reason = overlay.check_supported(ro / "overlayfs")
         assert reason is not None and str(ro) in reason and "Read-only" in reason
 
-        from wharfd.runtime.services import plugins as api
+        from wharfd.runtime.snapshots import plugin as snapshots_plugin
 
         ctx = plugin.InitContext(
-            registration=api.OVERLAYFS_PLUGIN,
+            registration=snapshots_plugin.OVERLAYFS_PLUGIN,
             config=None,
             plugin_config={"root_path": str(ro / "overlayfs")},
             root=tmp_path / "unused",
@@ -187,7 +187,7 @@ def test_unsupported_root_gives_a_reason_and_the_plugin_skips(tmp_path: Path) ->
         )
 
         async def init() -> object:
-            return await api.OVERLAYFS_PLUGIN.init(ctx)
+            return await snapshots_plugin.OVERLAYFS_PLUGIN.init(ctx)
 
         with pytest.raises(plugin.SkipPlugin, match="Read-only"):
             asyncio.run(init())

@@ -22,6 +22,7 @@ from wharfd.runtime.metadata import plugin as metadata_plugin
 from wharfd.runtime.services import plugins as api
 from wharfd.runtime.services import snapshots as service
 from wharfd.runtime.services.lazy import LazyService
+from wharfd.runtime.snapshots import plugin as snapshots_plugin
 
 pytestmark = [
     pytest.mark.root,
@@ -47,7 +48,13 @@ class Client:
 async def serve(tmp_path: Path) -> AsyncIterator[tuple[grpc.aio.Channel, list[Event], plugin.PluginSet]]:
     """Start the metadata and snapshot plugins for real, and serve them on a unix socket."""
     plugins = plugin.PluginSet(
-        [metadata_plugin.PLUGIN, events.PLUGIN, api.OVERLAYFS_PLUGIN, api.NATIVE_PLUGIN, api.SNAPSHOTS_PLUGIN]
+        [
+            metadata_plugin.PLUGIN,
+            events.PLUGIN,
+            snapshots_plugin.OVERLAYFS_PLUGIN,
+            snapshots_plugin.NATIVE_PLUGIN,
+            api.SNAPSHOTS_PLUGIN,
+        ]
     )
 
     def context(reg: plugin.Registration) -> plugin.InitContext:

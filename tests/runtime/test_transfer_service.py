@@ -35,7 +35,7 @@ from wharfd.api.types.transfer import streaming_pb2 as data_pb2
 from wharfd.runtime import plugin
 from wharfd.runtime.images.progress import Progress
 from wharfd.runtime.services import plugins as api
-from wharfd.runtime.services import streaming
+from wharfd.runtime.services import stream_manager, streaming
 from wharfd.runtime.services.streaming import pack, type_name, unpack
 
 pytestmark = needs_root
@@ -101,7 +101,7 @@ class Client:
 
 @contextlib.asynccontextmanager
 async def serve(tmp_path: Path) -> AsyncIterator[Client]:
-    extra = (api.STREAM_MANAGER_PLUGIN, api.STREAMING_PLUGIN, api.TRANSFER_PLUGIN)
+    extra = (stream_manager.PLUGIN, api.STREAMING_PLUGIN, api.TRANSFER_PLUGIN)
     async with rig(tmp_path, extra) as r:
         server = grpc.aio.server()
         for p in r.plugins.started(plugin.GRPC):
@@ -147,7 +147,7 @@ def registry_source(ref: str, auth_stream: str = "") -> registry_pb2.OCIRegistry
 
 def test_stream_registration_and_errors(tmp_path: Path) -> None:
     async def body(client: Client) -> None:
-        manager = client.rig.plugins.instance(api.STREAMING, "manager")
+        manager = client.rig.plugins.instance(stream_manager.STREAMING, "manager")
         first = await client.stream("s1")
         assert len(manager) == 1
         dup = client.streaming.Stream(metadata=NS)
@@ -325,7 +325,7 @@ def test_import_refuses_malformed_archive_over_the_wire(tmp_path: Path) -> None:
             await import_bytes(client, buf.getvalue(), store("x:1"))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "../escape" in str(info.value.details())
-        manager = client.rig.plugins.instance(api.STREAMING, "manager")
+        manager = client.rig.plugins.instance(stream_manager.STREAMING, "manager")
         assert len(manager) == 0
 
     run(tmp_path, body)
