@@ -34,7 +34,12 @@ same probe with no pull running is the baseline. The probe (kubelet's stand-in)
 and the memory sampler run in sessions of their own, as kubelet runs in a
 service of its own: where the kernel shares the CPU between sessions
 (autogroup), they would otherwise queue behind the registry, which serves
-from this machine and shares the benchmark's session. Also shown: the CPU of the
+from this machine and shares the benchmark's session. The registry stands
+for one on another machine, whose CPU is not the node's: by default
+(``--registry-cpu remote``) it runs in a cpu cgroup of its own with the
+lowest weight (cgroup v1 ``cpu.shares`` 2), so that it takes the CPU the node
+leaves idle rather than competing with the daemon as no remote registry
+would; ``--registry-cpu shared`` leaves it competing. Also shown: the CPU of the
 daemon's loop thread and of its other threads, how long the loop thread was
 runnable without a core (schedstat), and the peak RSS/PSS of the daemon and
 of the daemon with its fork server and workers. ``--wrap diagnose`` runs the
@@ -886,6 +891,29 @@ def measure_daemon(
                 stats.sort_stats("tottime").print_stats(25)
 
 
+@contextlib.contextmanager
+def registry_cpu(pid: int, mode: str) -> Iterator[None]:
+    """``remote``: the registry in a cpu cgroup of weight 2 (cgroup v1), as if on another machine."""
+    cpu_root = Path("/sys/fs/cgroup/cpu")
+    if mode == "shared" or not (cpu_root / "cpu.shares").exists():
+        print(
+            f"registry CPU: shared with the node{'' if mode == 'shared' else ' (no cgroup v1 cpu controller)'}"
+        )
+        yield
+        return
+    group = cpu_root / "wharfd-bench-registry"
+    group.mkdir(exist_ok=True)
+    (group / "cpu.shares").write_text("2")
+    (group / "cgroup.procs").write_text(str(pid))
+    print(f"registry CPU: remote stand-in ({group}, cpu.shares 2)")
+    try:
+        yield
+    finally:
+        (cpu_root / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            group.rmdir()
+
+
 def main() -> None:
     """Build, push, measure, print."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -906,6 +934,12 @@ def main() -> None:
         help="daemon mode: CRI PullImage or wharf images pull",
     )
     ap.add_argument(
+        "--registry-cpu",
+        choices=["remote", "shared"],
+        default="remote",
+        help="the registry in a lowest-weight cpu cgroup, standing for a remote one (default), or competing",
+    )
+    ap.add_argument(
         "--wrap",
         choices=["none", "diagnose", "profile"],
         default="none",
@@ -919,6 +953,7 @@ def main() -> None:
     with (
         tempfile.TemporaryDirectory(prefix="registry-", dir=args.root) as reg_dir,
         run_registry(Path(reg_dir)) as reg,
+        registry_cpu(reg.process.pid, args.registry_cpu),
     ):
         refs = {name: asyncio.run(push(reg.host, f"bench/{name}", blobs)) for name, blobs in images.items()}
         for name, blobs in images.items():

@@ -12,6 +12,7 @@ import copy
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from wharfd.runtime import cpu
 from wharfd.runtime.plugin import HOST_PLATFORM
 
 DEFAULT_CONFIG_PATH = "/etc/wharfd/config.toml"
@@ -28,6 +29,7 @@ CGROUPS_MONITOR = "io.containerd.monitor.v1.cgroups"
 OTLP = "io.containerd.tracing.processor.v1.otlp"
 TRACING = "io.containerd.internal.v1.tracing"
 TRANSFER = "io.containerd.transfer.v1.local"
+DIFFER = "io.containerd.differ.v1.walking"
 
 # Version 3 names that are folded back into the sections above.
 CRI_IMAGES_V3 = "io.containerd.cri.v1.images"
@@ -180,6 +182,9 @@ def default_tree() -> dict[str, Any]:
             CGROUPS_MONITOR: {"no_prometheus": False},
             OTLP: {"endpoint": "", "protocol": "http/protobuf", "insecure": False},
             TRACING: {"sampling_ratio": 1.0, "service_name": "wharfd"},
+            # worker_cpu_shares (wharfd): cpu.shares of the layer workers' cgroup, a child of the
+            # daemon's (runtime/cpu.py); 0 keeps them in the daemon's cgroup.
+            DIFFER: {"worker_cpu_shares": cpu.WORKER_SHARES},
             TRANSFER: {"max_concurrent_downloads": 3, "max_concurrent_uploaded_layers": 3, "config_path": ""},
         },
         "proxy_plugins": {},

@@ -215,7 +215,9 @@ WORKER_NICE = 10
 def _start_worker(owner: int) -> None:
     """Worker start-up: lower priority, and end when the daemon that owns the pool dies.
 
-    A session of its own: where the kernel groups tasks for fair scheduling by
+    The workers' cpu cgroup (:class:`~wharfd.runtime.cpu.BulkGroup`, where
+    there is one) is what ranks them below the daemon's threads. Without one, a
+    session of its own: where the kernel groups tasks for fair scheduling by
     session (autogroup, the root cgroup's tasks), the worker's CPU time is then
     not charged to the daemon's group, whose event loop would otherwise wait
     for its group's turn while layers extract. The long slice
@@ -246,9 +248,10 @@ def _start_worker(owner: int) -> None:
 class Workers:
     """A lazily started pool of worker processes, one per CPU by default."""
 
-    def __init__(self, size: int | None = None) -> None:
-        """Run at most ``size`` jobs at once (default: the CPU count)."""
+    def __init__(self, size: int | None = None, group: cpu.BulkGroup | None = None) -> None:
+        """Run at most ``size`` jobs at once (default: the CPU count), in ``group`` if given."""
         self.size = size or os.cpu_count() or 1
+        self.group = group
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()  # the pool is made from threads (never on the loop)
         self._warming: asyncio.Future[None] | None = None
@@ -259,13 +262,17 @@ class Workers:
 
     def _make(self) -> concurrent.futures.ProcessPoolExecutor:
         if self._pool is None:
-            import multiprocessing
+            import multiprocessing.forkserver
 
             ctx = multiprocessing.get_context("forkserver")
             # Workers fork from a server that has imported the main module (which each child
             # would import again otherwise), this one and the workers' own: quick to start,
             # pages shared.
             ctx.set_forkserver_preload(["__main__", __name__, *_WORKER_MODULES])
+            if self.group is not None:
+                # The fork server starts in this thread's cgroup, and the workers in the server's.
+                with self.group.entered():
+                    multiprocessing.forkserver.ensure_running()
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 self.size, mp_context=ctx, initializer=_start_worker, initargs=(os.getpid(),)
             )

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wharfd.runtime import errors, mount, plugin
+from wharfd.runtime import cpu, errors, mount, plugin
 from wharfd.runtime.content.local import LocalStore
 from wharfd.runtime.content.store import Expected, parse_digest
 from wharfd.runtime.images import labels as L
@@ -246,11 +246,16 @@ def _clean_scratch(scratch: Path) -> None:
 async def _init_differ(ctx: plugin.InitContext) -> WalkingDiffer:
     scratch = ctx.root / "tmp"
     await asyncio.to_thread(_clean_scratch, scratch)
-    return WalkingDiffer(ctx.get(plugin.CONTENT, "content"), Workers(), scratch)
+    # worker_cpu_shares (wharfd): the layer workers' cgroup weight beside the daemon (runtime/cpu.py).
+    shares = int(ctx.plugin_config.get("worker_cpu_shares", cpu.WORKER_SHARES))
+    group = await asyncio.to_thread(cpu.BulkGroup.make, shares) if shares > 0 else None
+    return WalkingDiffer(ctx.get(plugin.CONTENT, "content"), Workers(group=group), scratch)
 
 
 async def _close_differ(differ: WalkingDiffer) -> None:
     await differ.close()
+    if differ.workers.group is not None:
+        await asyncio.to_thread(differ.workers.group.remove)
 
 
 PLUGIN = plugin.Registration(

@@ -1,0 +1,120 @@
+"""The layer workers' cpu cgroup, through the daemon: where a pull's fork server and workers run.
+
+The workers extract layers on every core during a pull; they run in a cpu
+cgroup of their own under the daemon's (``worker_cpu_shares`` in
+``[plugins."io.containerd.differ.v1.walking"]``), so that the daemon's threads,
+serving the CRI, come first whenever they wake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e.daemon import Daemon, running
+from tests.support.images import build_image, build_layer, busybox_files, push_image
+from tests.support.registry import RegistryServer, run_registry
+from wharfd.api.cri.v1 import api_pb2 as cri
+from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
+from wharfd.runtime import cpu
+from wharfd.runtime.images import platforms
+from wharfd.runtime.registry import Resolver, Transport
+from wharfd.runtime.shim import cgroups
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(os.geteuid() != 0, reason="unpacks into overlayfs: needs root"),
+    pytest.mark.skipif(cgroups.UNIFIED, reason="the workers' cgroup is made on cgroup v1 only"),
+]
+
+DOMAIN = "workers.wharf.test"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, Path]]:
+    base = tmp_path_factory.mktemp("pull-workers")
+    image = build_image([build_layer(busybox_files())], platform=platforms.host())
+    with run_registry(base / "registry") as server:
+
+        async def push() -> None:
+            async with Transport() as transport:
+                await push_image(Resolver(transport).pusher(server.ref("e2e/busybox:1")), image, tag="1")
+
+        asyncio.run(push())
+        hosts = base / "certs.d"
+        (hosts / DOMAIN).mkdir(parents=True)
+        (hosts / DOMAIN / "hosts.toml").write_text(f'server = "{server.url}"\n')
+        yield server, hosts
+
+
+def _config(hosts: Path, extra: str = "") -> str:
+    return f'[plugins."io.containerd.grpc.v1.cri".registry]\n  config_path = "{hosts}"\n' + extra
+
+
+def _pull(daemon: Daemon) -> None:
+    with daemon.channel() as ch:
+        req = cri.PullImageRequest(image=cri.ImageSpec(image=f"{DOMAIN}/e2e/busybox:1"))
+        cri_grpc.ImageServiceStub(ch).PullImage(req, timeout=60)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def _cpu_dir(pid: int) -> str:
+    return cgroups.of_pid(pid).dir("cpu")
+
+
+def _worker_dirs(daemon: Daemon) -> set[str]:
+    assert daemon.proc is not None
+    procs = _descendants(daemon.proc.pid)
+    assert procs, "the pull started no fork server or workers"
+    return {_cpu_dir(p) for p in procs}
+
+
+def test_workers_run_in_their_own_cpu_cgroup_under_the_daemons(
+    tmp_path: Path, registry: tuple[RegistryServer, Path]
+) -> None:
+    _, hosts = registry
+    extra = '[plugins."io.containerd.differ.v1.walking"]\n  worker_cpu_shares = 5\n'
+    with running(tmp_path / "d", extra_config=_config(hosts, extra)) as daemon:
+        _pull(daemon)
+        assert daemon.proc is not None
+        home = Path(_cpu_dir(daemon.proc.pid))
+        group = home / cpu.BULK_GROUP
+        assert _worker_dirs(daemon) == {str(group)}  # the fork server and every worker
+        assert (group / "cpu.shares").read_text().strip() == "5"
+        # The daemon's own threads stayed home (the one that started the fork server came back).
+        for tid in os.listdir(f"/proc/{daemon.proc.pid}/task"):
+            with open(f"/proc/{daemon.proc.pid}/task/{tid}/cgroup") as f:
+                line = next(x for x in f if "cpu" in x.split(":")[1].split(","))
+            assert not line.strip().endswith("/" + cpu.BULK_GROUP), tid
+
+
+def test_zero_shares_keeps_the_workers_in_the_daemons_cgroup(
+    tmp_path: Path, registry: tuple[RegistryServer, Path]
+) -> None:
+    _, hosts = registry
+    extra = '[plugins."io.containerd.differ.v1.walking"]\n  worker_cpu_shares = 0\n'
+    with running(tmp_path / "d", extra_config=_config(hosts, extra)) as daemon:
+        _pull(daemon)
+        assert daemon.proc is not None
+        assert _worker_dirs(daemon) == {_cpu_dir(daemon.proc.pid)}
