@@ -41,8 +41,10 @@ lowest weight (cgroup v1 ``cpu.shares`` 2), so that it takes the CPU the node
 leaves idle rather than competing with the daemon as no remote registry
 would; ``--registry-cpu shared`` leaves it competing. Also shown: the CPU of the
 daemon's loop thread and of its other threads, how long the loop thread was
-runnable without a core (schedstat), and the peak RSS/PSS of the daemon and
-of the daemon with its fork server and workers. ``--wrap diagnose`` runs the
+runnable without a core (schedstat), and the peak RSS of the daemon and of the
+daemon with its fork server and workers (from ``statm``; their PSS is read once, as
+each pull ends: reading it walks the page tables under the process's mmap lock,
+which every 20 ms would itself hold the daemon up). ``--wrap diagnose`` runs the
 daemon with recorders of slow loop callbacks (wall and CPU time), loop lag and
 garbage collections (and each thread's name by kernel thread id; with
 ``WHARFD_BENCH_STACKS=0.002`` also samples of every thread's innermost frames),
@@ -303,30 +305,40 @@ def tree(root, skip):
             todo += kids.get(pid, [])
     return out
 
-def memory(pid):
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+def rss(pid):
+    # statm: a counter the kernel keeps. smaps_rollup (PSS) walks the page tables under the
+    # process's mmap lock: every 20 ms it would hold up the daemon being measured.
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+def pss(pid):
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             got = {l.split(":")[0]: int(l.split()[1]) * 1024 for l in f if l.split()[-1] == "kB"}
     except (OSError, ValueError):
-        return 0, 0
-    return got.get("Rss", 0), got.get("Pss", 0)
+        return 0
+    return got.get("Pss", 0)
 
 me = int(sys.argv[1])
 skip = {os.getpid(), *map(int, sys.argv[2:])}  # this sampler, the registry
-peak = [0, 0, 0, 0]
+peak = [0, 0]
 import select
 while not select.select([sys.stdin], [], [], 0.02)[0]:
-    mem = [memory(p) for p in tree(me, skip)]
-    rss, pss = memory(me)
-    now = [rss, pss, sum(m[0] for m in mem), sum(m[1] for m in mem)]
+    now = [rss(me), sum(rss(p) for p in tree(me, skip))]
     peak = [max(a, b) for a, b in zip(peak, now)]
-print(*peak)
+procs = tree(me, skip)
+print(peak[0], pss(me), peak[1], sum(pss(p) for p in procs))
 """
 
 
 @contextlib.contextmanager
 def sampling(sample: Sample, skip: int, root: int | None = None) -> Iterator[None]:
-    """Sample memory of ``root`` (default: this process) and its descendants every 20 ms.
+    """Sample the RSS of ``root`` (default: this process) and its descendants every 20 ms; PSS at the end.
 
     From another process (a thread here would compete for the GIL). ``skip`` is
     a child process not to count (the registry).
@@ -467,7 +479,8 @@ def report(
     tree = max(s.rss_tree for s in [cold, *warm]) / mb
     pss = max(s.pss_tree for s in [cold, *warm]) / mb
     print(
-        f"  peak RSS: this process {rss:.0f} MB; with fork server and workers {tree:.0f} MB (PSS {pss:.0f} MB)"
+        f"  peak RSS: this process {rss:.0f} MB; with fork server and workers {tree:.0f} MB "
+        f"(PSS at the end {pss:.0f} MB)"
     )
 
 
@@ -797,7 +810,8 @@ def report_daemon(
     )
     m = [r.mem for r in runs]
     print(
-        f"  peak RSS: daemon {max(x.rss_self for x in m) / mb:.0f} MB (PSS {max(x.pss_self for x in m) / mb:.0f}); "
+        f"  peak RSS: daemon {max(x.rss_self for x in m) / mb:.0f} MB "
+        f"(PSS at the end {max(x.pss_self for x in m) / mb:.0f}); "
         f"with fork server and workers {max(x.rss_tree for x in m) / mb:.0f} MB "
         f"(PSS {max(x.pss_tree for x in m) / mb:.0f})"
     )
