@@ -9,9 +9,11 @@ and sends one logical request at a time through :meth:`Transport.request`, which
 * answers a 401 by learning the challenge and retrying once;
 * follows redirects itself (at most 10), so it decides what is forwarded;
 * retries 408/429/5xx a few times, honouring ``Retry-After``;
-* falls back from HTTPS to HTTP for hosts configured that way (localhost);
+* falls back from HTTPS to HTTP for hosts configured that way (an ``http://``
+  host with TLS settings) when the port answers the handshake in plain HTTP;
 * turns transport failures into typed errors: ``Unavailable`` (connection
-  refused or reset), ``DeadlineExceeded`` (no answer in time).
+  refused or reset, a TLS failure naming the endpoint), ``DeadlineExceeded``
+  (no answer in time).
 
 :meth:`Transport.request_blocking` goes through the same steps (headers,
 auth, redirects, retries) but sends each request on a connection of its own
@@ -436,26 +438,31 @@ class Transport:
     ) -> R:
         """One hop through ``once`` (pooled or blocking), whatever the status: the fall-back to HTTP, typed failures.
 
-        Either way a TLS failure is one of the ssl module's errors (aiohttp's
-        connector errors derive from them).
+        Either way a TLS failure is one of the ssl module's errors, or an
+        aiohttp error wrapping one (see :func:`_tls_failure`).
         """
         try:
             try:
                 return await once(method, url, headers, body, host.ssl_context())
-            except ssl.SSLCertVerificationError:
-                raise
-            except ssl.SSLError:
-                if not (host.http_fallback and url.scheme == "https"):
+            except ssl.SSLError as exc:
+                if not (host.http_fallback and url.scheme == "https" and _not_tls(exc)):
                     raise
-                # The port speaks plain HTTP: remember it for this host, as containerd does.
-                self._plain.add(host.host)
-                return await once(method, url.with_scheme("http"), headers, body, True)
+            # The port answered the handshake in plain HTTP: remember that for this host, as containerd does.
+            self._plain.add(host.host)
+            return await once(method, url.with_scheme("http"), headers, body, True)
         except TimeoutError as exc:
             bound = self.connect_timeout if wait is None else wait  # unbounded but for the connect
             raise errors.DeadlineExceeded(f"{what}: {url.origin()} did not answer within {bound:g}s") from exc
-        except ssl.SSLCertVerificationError as exc:
-            raise errors.Unavailable(f"{what}: TLS certificate of {url.origin()} not trusted: {exc}") from exc
         except (aiohttp.ClientError, http.client.HTTPException, OSError) as exc:
+            tls = _tls_failure(exc)
+            if isinstance(tls, ssl.SSLCertVerificationError):
+                raise errors.Unavailable(
+                    f"{what}: TLS certificate of {url.origin()} not trusted: {tls}"
+                ) from exc
+            if tls is not None:
+                # For an http:// host with TLS settings, say why plain HTTP was not tried.
+                hint = "; the port speaks TLS, so no fall-back to plain HTTP" if host.http_fallback else ""
+                raise errors.Unavailable(f"{what}: TLS with {url.origin()} failed: {tls}{hint}") from exc
             raise errors.Unavailable(f"{what}: {method} {url.origin()}: {exc}") from exc
 
     async def _send_blocking(
@@ -486,6 +493,43 @@ class Transport:
             resp.release()
             raise
         return resp
+
+
+# What OpenSSL reports when the first bytes a TLS client reads are no TLS record, as a plain-HTTP
+# server's reply ("HTTP/1.1 400 ...") is not: WRONG_VERSION_NUMBER; from 3.2 on, RECORD_LAYER_FAILURE
+# stacked on it, which a Python built against an older OpenSSL names by its text alone.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE"})
+_NOT_TLS_TEXTS = ("wrong version number", "record layer failure")
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The ssl module's error behind ``exc``, if a TLS failure is what it is.
+
+    aiohttp wraps it: a failed handshake in a connector error (``os_error``),
+    a TLS 1.3 alert read with the response (a refused client certificate) in
+    a ``ClientOSError`` raised from it.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        exc = exc.os_error
+    elif not isinstance(exc, ssl.SSLError) and isinstance(exc.__cause__, ssl.SSLError):
+        exc = exc.__cause__
+    return exc if isinstance(exc, ssl.SSLError) else None
+
+
+def _not_tls(exc: BaseException) -> bool:
+    """Whether a handshake failed because the peer answered with something other than TLS.
+
+    This is containerd's condition for the fall-back to HTTP (its TLS stack
+    sees "HTTP/" where a record header belongs); a server that speaks TLS but
+    refuses the handshake (an alert, a required client certificate, no common
+    protocol version), or closes the connection, is no reason to try plain HTTP.
+    """
+    tls = _tls_failure(exc)
+    if tls is None or isinstance(tls, ssl.SSLCertVerificationError):
+        return False
+    if tls.reason:
+        return tls.reason in _NOT_TLS_REASONS
+    return any(text in str(tls) for text in _NOT_TLS_TEXTS)
 
 
 async def read_body(resp: Response, limit: int, *, wait: float | None = None) -> bytes:
