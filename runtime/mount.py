@@ -256,31 +256,59 @@ def unmount_all(target: str | Path, flags: int = 0, *, syscalls: Syscalls = LIBC
     raise OSError(errno.EBUSY, f"unmount {root!r}: still mounted after {_MAX_STACKED} unmounts", root)
 
 
-@contextlib.asynccontextmanager
-async def temporary(mounts: Sequence[Mount], scratch: Path) -> AsyncIterator[str]:
-    """``mounts`` on a fresh directory under ``scratch`` (made if missing) for the block.
+@contextlib.contextmanager
+def temporary_blocking(mounts: Sequence[Mount], scratch: Path, prefix: str = "mount-") -> Iterator[str]:
+    """``mounts`` on a fresh directory under ``scratch`` (made if missing) for the block. Blocking.
 
-    Unmounted (detached) and removed whatever happens; a mount that fails is
-    the kernel's OSError. The blocking steps run on threads.
+    The directory's name starts with ``prefix``. Unmounted (detached) and
+    removed whatever happens; a mount that fails is the kernel's OSError.
     """
-    import asyncio  # not at the top: the shim's one-shot ``delete`` imports this module too
-
-    point = await asyncio.to_thread(_mount_point, scratch)
+    point = _mount_point(scratch, prefix)
     try:
-        await asyncio.to_thread(mount_all, mounts, point)
+        mount_all(mounts, point)
         try:
             yield point
         finally:
-            await asyncio.to_thread(unmount_all, point, MNT_DETACH)
+            unmount_all(point, MNT_DETACH)
     finally:
-        await asyncio.to_thread(os.rmdir, point)  # never rmtree: whatever is still mounted stays
+        os.rmdir(point)  # never rmtree: whatever is still mounted stays
 
 
-def _mount_point(scratch: Path) -> str:
+@contextlib.asynccontextmanager
+async def temporary(mounts: Sequence[Mount], scratch: Path) -> AsyncIterator[str]:
+    """:func:`temporary_blocking` for a coroutine: its steps (mkdir and mount, unmount and rmdir) run on threads."""
+    import asyncio  # not at the top: the shim's one-shot ``delete`` imports this module too
+
+    held = temporary_blocking(mounts, scratch)
+    point = await asyncio.to_thread(held.__enter__)
+    try:
+        yield point
+    finally:
+        # Only the clean-up after the yield is left to run, whatever the block raised.
+        await asyncio.to_thread(held.__exit__, None, None, None)
+
+
+def option(m: Mount, name: str) -> str | None:
+    """The value of ``m``'s first ``name=value`` option, if it has one."""
+    prefix = name + "="
+    return next((o[len(prefix) :] for o in m.options if o.startswith(prefix)), None)
+
+
+def readonly(m: Mount) -> Mount:
+    """``m`` for reading only: an overlay's upper becomes its top lower layer, anything else gets ``ro``."""
+    upper = option(m, "upperdir")
+    if m.type == "overlay" and upper is not None:
+        keep = [o for o in m.options if not o.startswith(("upperdir=", "workdir=", "lowerdir="))]
+        lowers = ":".join(filter(None, [upper, option(m, "lowerdir")]))
+        return Mount(m.type, m.source, m.target, (*keep, f"lowerdir={lowers}", "ro"))
+    return Mount(m.type, m.source, m.target, (*[o for o in m.options if o != "rw"], "ro"))
+
+
+def _mount_point(scratch: Path, prefix: str) -> str:
     import tempfile  # a mount point's name; not needed by an idle daemon
 
     scratch.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkdtemp(prefix="mount-", dir=scratch)
+    return tempfile.mkdtemp(prefix=prefix, dir=scratch)
 
 
 def is_mount_point(path: str | Path) -> bool:

@@ -319,6 +319,8 @@ def load_image(client: Client, ref: str, snapshotter: str) -> UnpackedImage:
 @contextlib.contextmanager
 def rootfs_view(client: Client, snapshotter: str, parent: str, md: Metadata = ()) -> Iterator[str]:
     """Mount a temporary read-only view of snapshot ``parent``; yield where it is mounted."""
+    from pathlib import Path
+
     from wharfd.api.services.snapshots.v1 import snapshots_pb2 as spb
     from wharfd.runtime import mount
     from wharfd.runtime.snapshots.snapshotter import Mount
@@ -327,25 +329,18 @@ def rootfs_view(client: Client, snapshotter: str, parent: str, md: Metadata = ()
     view = spb.ViewSnapshotRequest(snapshotter=snapshotter, key=key, parent=parent)
     mounts = client.snapshots.View(view, metadata=md).mounts
     try:
-        target = tempfile.mkdtemp(prefix="wharf-rootfs-")
-        try:
-            # Read-only even if the snapshotter handed out something writable.
-            readonly = [
-                Mount(m.type, m.source, m.target, (*(o for o in m.options if o != "rw"), "ro"))
-                for m in mounts
-            ]
+        # Read-only even if the snapshotter handed out something writable.
+        readonly = [mount.readonly(Mount(m.type, m.source, m.target, tuple(m.options))) for m in mounts]
+        with contextlib.ExitStack() as stack:
             try:
-                mount.mount_all(readonly, target)
+                target = stack.enter_context(
+                    mount.temporary_blocking(readonly, Path(tempfile.gettempdir()), "wharf-rootfs-")
+                )
             except PermissionError as exc:
                 raise commands.CommandError(
                     f"cannot mount the image rootfs to look users up in it (this needs root): {exc}"
                 ) from exc
-            try:
-                yield target
-            finally:
-                mount.unmount_all(target, mount.MNT_DETACH)
-        finally:
-            os.rmdir(target)  # never rmtree: it must fail, not delete, if something is still mounted
+            yield target
     finally:
         client.snapshots.Remove(spb.RemoveSnapshotRequest(snapshotter=snapshotter, key=key), metadata=md)
 

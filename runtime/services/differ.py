@@ -68,20 +68,15 @@ _COMPRESSION = {
 }
 
 
-def _option(m: Mount, name: str) -> str | None:
-    prefix = name + "="
-    return next((o[len(prefix) :] for o in m.options if o.startswith(prefix)), None)
-
-
 def _lowers(m: Mount) -> list[str]:
-    value = _option(m, "lowerdir")
+    value = mount.option(m, "lowerdir")
     return value.split(":") if value else []
 
 
 def _upper_of(mounts: Sequence[Mount]) -> str | None:
     """The upper directory when ``mounts`` are one writable overlay."""
     if len(mounts) == 1 and mounts[0].type == "overlay":
-        return _option(mounts[0], "upperdir")
+        return mount.option(mounts[0], "upperdir")
     return None
 
 
@@ -92,19 +87,9 @@ def _layers_shown(mounts: Sequence[Mount]) -> list[str] | None:
     m = mounts[0]
     if m.type == "bind":
         return [m.source]
-    if m.type == "overlay" and _option(m, "upperdir") is None:
+    if m.type == "overlay" and mount.option(m, "upperdir") is None:
         return _lowers(m)
     return None
-
-
-def readonly(m: Mount) -> Mount:
-    """``m`` for reading only: an overlay's upper becomes its top lower layer, binds get ``ro``."""
-    upper = _option(m, "upperdir")
-    if m.type == "overlay" and upper is not None:
-        keep = [o for o in m.options if not o.startswith(("upperdir=", "workdir=", "lowerdir="))]
-        lowers = ":".join([upper, *_lowers(m)])
-        return Mount(m.type, m.source, m.target, (*keep, f"lowerdir={lowers}", "ro"))
-    return Mount(m.type, m.source, m.target, (*[o for o in m.options if o != "rw"], "ro"))
 
 
 class WalkingDiffer:
@@ -189,12 +174,12 @@ class WalkingDiffer:
     ) -> Diff:
         upper_dir = _upper_of(upper)
         async with contextlib.AsyncExitStack() as stack:
-            low = await self._mount(stack, [readonly(m) for m in lower]) if lower else None
+            low = await self._mount(stack, [mount.readonly(m) for m in lower]) if lower else None
             if upper_dir is not None and _layers_shown(lower) == _lowers(upper[0]):
                 return await self.workers.run(
                     diff_to_file, low, upper_dir, out, True, compression.value, epoch
                 )
-            high = await self._mount(stack, [readonly(m) for m in upper])
+            high = await self._mount(stack, [mount.readonly(m) for m in upper])
             return await self.workers.run(diff_to_file, low, high, out, False, compression.value, epoch)
 
     async def _store(self, path: Path, ref: str, desc: Descriptor, labels: dict[str, str]) -> None:

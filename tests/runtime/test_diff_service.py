@@ -24,7 +24,6 @@ from wharfd.runtime import mount, plugin
 from wharfd.runtime.content.store import Expected
 from wharfd.runtime.images import labels as L
 from wharfd.runtime.images import mediatypes
-from wharfd.runtime.services import differ
 from wharfd.runtime.services import plugins as api
 from wharfd.runtime.services.snapshots import mounts_to_proto
 from wharfd.runtime.snapshots.snapshotter import Mount
@@ -264,10 +263,3 @@ def test_diff_media_types(tmp_path: Path) -> None:
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
     run(tmp_path, body)
-
-
-def test_readonly_turns_an_upper_into_a_lower() -> None:
-    m = Mount("overlay", "overlay", "", ("workdir=/w", "upperdir=/u", "lowerdir=/a:/b", "index=off"))
-    assert differ.readonly(m).options == ("index=off", "lowerdir=/u:/a:/b", "ro")
-    b = Mount("bind", "/x", "", ("rw", "rbind"))
-    assert differ.readonly(b).options == ("rbind", "ro")

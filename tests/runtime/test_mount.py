@@ -136,6 +136,33 @@ def test_real_read_only_bind_and_unmount_all(tmp_path: Path) -> None:
     ]
 
 
+def test_readonly_turns_an_upper_into_a_lower() -> None:
+    m = Mount("overlay", "overlay", "", ("workdir=/w", "upperdir=/u", "lowerdir=/a:/b", "index=off"))
+    assert mount.readonly(m).options == ("index=off", "lowerdir=/u:/a:/b", "ro")
+    alone = Mount("overlay", "overlay", "", ("upperdir=/u", "workdir=/w"))
+    assert mount.readonly(alone).options == ("lowerdir=/u", "ro")
+    view = Mount("overlay", "overlay", "", ("lowerdir=/a:/b", "rw"))
+    assert mount.readonly(view).options == ("lowerdir=/a:/b", "ro")
+    b = Mount("bind", "/x", "", ("rw", "rbind"))
+    assert mount.readonly(b).options == ("rbind", "ro")
+
+
+@needs_root
+def test_temporary_blocking_mount_point_is_made_and_removed(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    tmpfs = [Mount("tmpfs", "tmpfs", options=("size=1m",))]
+    with mount.temporary_blocking(tmpfs, scratch, "wharfd-test-view-") as point:
+        assert Path(point).parent == scratch and Path(point).name.startswith("wharfd-test-view-")
+        assert mount.is_mount_point(point)
+    with pytest.raises(RuntimeError), mount.temporary_blocking(tmpfs, scratch) as point:
+        raise RuntimeError("the block failed")
+    assert not mount.is_mount_point(point)
+    missing = [Mount("bind", str(tmp_path / "missing"), options=("rbind",))]
+    with pytest.raises(FileNotFoundError), mount.temporary_blocking(missing, scratch):  # the kernel's error
+        pass
+    assert list(scratch.iterdir()) == []
+
+
 @needs_root
 def test_temporary_mount_point_is_made_and_removed(tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"  # made by the first use
