@@ -137,7 +137,10 @@ async def _trim_after_images(exchange: Exchange) -> None:
                 except TimeoutError:
                     break
             # In a thread: the trim walks the heap under malloc's lock for a few ms.
-            await asyncio.to_thread(malloc.trim)
+            released = await asyncio.to_thread(malloc.trim)
+            log.debug(
+                "heap trimmed after image changes (memory given back: %s)", "yes" if released else "none"
+            )
 
 
 def _set_oom_score(score: int) -> None:

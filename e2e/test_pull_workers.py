@@ -1,15 +1,17 @@
-"""The layer workers' cpu cgroup, through the daemon: where a pull's fork server and workers run.
+"""What a pull leaves in the daemon, through its socket: the workers' cpu cgroup and the heap trim.
 
 The workers extract layers on every core during a pull; they run in a cpu
 cgroup of their own under the daemon's (``worker_cpu_shares`` in
 ``[plugins."io.containerd.differ.v1.walking"]``), so that the daemon's threads,
-serving the CRI, come first whenever they wake.
+serving the CRI, come first whenever they wake. Once image events go quiet
+the daemon gives the pull's freed heap back to the kernel (``malloc_trim``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,3 +120,21 @@ def test_zero_shares_keeps_the_workers_in_the_daemons_cgroup(
         _pull(daemon)
         assert daemon.proc is not None
         assert _worker_dirs(daemon) == {_cpu_dir(daemon.proc.pid)}
+
+
+TRIMMED = "heap trimmed after image changes"
+
+
+def test_the_heap_is_trimmed_once_image_events_go_quiet(
+    tmp_path: Path, registry: tuple[RegistryServer, Path]
+) -> None:
+    _, hosts = registry
+    with running(tmp_path / "d", extra_config=_config(hosts)) as daemon:
+        time.sleep(1.5)  # longer than the quiet time: start-up's own events are settled
+        assert TRIMMED not in daemon.log()  # no image event yet, no trim
+        _pull(daemon)
+        deadline = time.monotonic() + 20
+        while TRIMMED not in daemon.log():
+            assert time.monotonic() < deadline, "no heap trim after the pull's image events"
+            time.sleep(0.1)
+        assert daemon.log().count(TRIMMED) == 1  # one pull's burst of events, one trim
