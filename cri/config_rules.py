@@ -16,6 +16,7 @@ from wharfd.cri.config_schema import (
     CRI,
     DEBUG_FORMATS,
     DEBUG_LEVELS,
+    DIFFER,
     GC_SCHEDULER,
     METADATA,
     OTLP,
@@ -161,6 +162,8 @@ RULES: list[tuple[KeyPath, Rule]] = [
     (("plugins", TASK_RUNTIME, "platforms"), _platforms),
     (("plugins", TRANSFER, "max_concurrent_downloads"), _between(0, None)),
     (("plugins", TRANSFER, "max_concurrent_uploaded_layers"), _between(0, None)),
+    (("plugins", DIFFER, "unpack_workers"), _between(0, 1024)),  # 0: one per CPU but one
+    (("plugins", DIFFER, "worker_cpu_shares"), _between(0, 262144)),  # 0: no cgroup; else cpu.shares' range
     (("plugins", OTLP, "protocol"), _one_of("http/protobuf", "grpc")),
     (("plugins", TRACING, "sampling_ratio"), _between(0, 1)),
 ]

@@ -182,9 +182,10 @@ def default_tree() -> dict[str, Any]:
             CGROUPS_MONITOR: {"no_prometheus": False},
             OTLP: {"endpoint": "", "protocol": "http/protobuf", "insecure": False},
             TRACING: {"sampling_ratio": 1.0, "service_name": "wharfd"},
-            # worker_cpu_shares (wharfd): cpu.shares of the layer workers' cgroup, a child of the
-            # daemon's (runtime/cpu.py); 0 keeps them in the daemon's cgroup.
-            DIFFER: {"worker_cpu_shares": cpu.WORKER_SHARES},
+            # wharfd's own: unpack_workers, how many layers extract at once (0: one per CPU but one,
+            # at least one); worker_cpu_shares, cpu.shares of the workers' cgroup, a child of the
+            # daemon's (runtime/cpu.py; 0 keeps them in the daemon's cgroup).
+            DIFFER: {"unpack_workers": 0, "worker_cpu_shares": cpu.WORKER_SHARES},
             TRANSFER: {"max_concurrent_downloads": 3, "max_concurrent_uploaded_layers": 3, "config_path": ""},
         },
         "proxy_plugins": {},

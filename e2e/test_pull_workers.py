@@ -1,7 +1,8 @@
-"""What a pull leaves in the daemon, through its socket: the workers' cpu cgroup and the heap trim.
+"""What a pull leaves in the daemon, through its socket: its workers, their cpu cgroup, the heap trim.
 
-The workers extract layers on every core during a pull; they run in a cpu
-cgroup of their own under the daemon's (``worker_cpu_shares`` in
+The workers (``unpack_workers``, by default one per CPU but one) extract
+layers side by side during a pull. They run in a cpu cgroup of their own under
+the daemon's (``worker_cpu_shares``; both keys in
 ``[plugins."io.containerd.differ.v1.walking"]``), so that the daemon's threads,
 serving the CRI, come first whenever they wake. Once image events go quiet
 the daemon gives the pull's freed heap back to the kernel (``malloc_trim``).
@@ -81,6 +82,13 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _workers(daemon: Daemon) -> int:
+    """How many workers the fork server (the daemon's child) has forked."""
+    assert daemon.proc is not None
+    children = set(_descendants(daemon.proc.pid))
+    return sum(1 for child in children for _ in _descendants(child))
+
+
 def _cpu_dir(pid: int) -> str:
     return cgroups.of_pid(pid).dir("cpu")
 
@@ -96,9 +104,10 @@ def test_workers_run_in_their_own_cpu_cgroup_under_the_daemons(
     tmp_path: Path, registry: tuple[RegistryServer, Path]
 ) -> None:
     _, hosts = registry
-    extra = '[plugins."io.containerd.differ.v1.walking"]\n  worker_cpu_shares = 5\n'
+    extra = '[plugins."io.containerd.differ.v1.walking"]\n  worker_cpu_shares = 5\n  unpack_workers = 3\n'
     with running(tmp_path / "d", extra_config=_config(hosts, extra)) as daemon:
         _pull(daemon)
+        assert _workers(daemon) == 3
         assert daemon.proc is not None
         home = Path(_cpu_dir(daemon.proc.pid))
         group = home / cpu.BULK_GROUP
@@ -120,6 +129,8 @@ def test_zero_shares_keeps_the_workers_in_the_daemons_cgroup(
         _pull(daemon)
         assert daemon.proc is not None
         assert _worker_dirs(daemon) == {_cpu_dir(daemon.proc.pid)}
+        # unpack_workers = 0 (the default): one per CPU but one, at least one.
+        assert _workers(daemon) == max(1, (os.cpu_count() or 1) - 1)
 
 
 TRIMMED = "heap trimmed after image changes"

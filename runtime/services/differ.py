@@ -231,10 +231,12 @@ def _clean_scratch(scratch: Path) -> None:
 async def _init_differ(ctx: plugin.InitContext) -> WalkingDiffer:
     scratch = ctx.root / "tmp"
     await asyncio.to_thread(_clean_scratch, scratch)
-    # worker_cpu_shares (wharfd): the layer workers' cgroup weight beside the daemon (runtime/cpu.py).
+    # wharfd's own keys: how many layer workers (0: extract.default_size()), and their cgroup's
+    # weight beside the daemon (runtime/cpu.py).
+    size = int(ctx.plugin_config.get("unpack_workers", 0))
     shares = int(ctx.plugin_config.get("worker_cpu_shares", cpu.WORKER_SHARES))
     group = await asyncio.to_thread(cpu.BulkGroup.make, shares) if shares > 0 else None
-    return WalkingDiffer(ctx.get(plugin.CONTENT, "content"), Workers(group=group), scratch)
+    return WalkingDiffer(ctx.get(plugin.CONTENT, "content"), Workers(size or None, group), scratch)
 
 
 async def _close_differ(differ: WalkingDiffer) -> None:

@@ -466,6 +466,14 @@ ERRORS = [
         'plugins."io.containerd.gc.v1.scheduler".pause_threshold: must be between 0 and 0.5, got 0.9',
     ),
     (
+        '[plugins."io.containerd.differ.v1.walking"]\nunpack_workers = -1',
+        'plugins."io.containerd.differ.v1.walking".unpack_workers: must be between 0 and 1024, got -1',
+    ),
+    (
+        '[plugins."io.containerd.differ.v1.walking"]\nworker_cpu_shares = 300000',
+        'plugins."io.containerd.differ.v1.walking".worker_cpu_shares: must be between 0 and 262144, got 300000',
+    ),
+    (
         '[plugins."io.containerd.gc.v1.scheduler"]\nstartup_delay = 100',
         'plugins."io.containerd.gc.v1.scheduler".startup_delay: expected a string, got integer 100',
     ),

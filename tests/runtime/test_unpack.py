@@ -15,9 +15,10 @@ from tests.runtime.pull_rig import NS, Rig, needs_root, rig
 from tests.support.images import File, Layer, build_layer, directory
 from wharfd.runtime import errors
 from wharfd.runtime.content.store import Expected
+from wharfd.runtime.images import extract as extract_module
 from wharfd.runtime.images import labels as L
 from wharfd.runtime.images.chainid import chain_ids
-from wharfd.runtime.images.extract import UNSET_ROOT_MODE, ExtractJob, Growing, extract
+from wharfd.runtime.images.extract import UNSET_ROOT_MODE, ExtractJob, Growing, Workers, extract
 from wharfd.runtime.images.unpack import STAGING, Source
 from wharfd.runtime.images.unpack import Layer as UnpackLayer
 from wharfd.runtime.metadata.leases import LeaseStore
@@ -286,9 +287,17 @@ def test_staging_left_by_a_dead_daemon_is_removed_at_start(tmp_path: Path) -> No
     asyncio.run(main())
 
 
-def test_workers_warm_up_in_the_background() -> None:
-    from wharfd.runtime.images.extract import Workers
+@pytest.mark.parametrize(("cpus", "workers"), [(None, 1), (1, 1), (2, 1), (8, 7)])
+def test_workers_by_default_leave_one_cpu_free(
+    monkeypatch: pytest.MonkeyPatch, cpus: int | None, workers: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert extract_module.default_size() == workers
+    assert Workers().size == workers
+    assert Workers(3).size == 3
 
+
+def test_workers_warm_up_in_the_background() -> None:
     async def main() -> None:
         workers = Workers(2)
         workers.warm()
