@@ -7,27 +7,25 @@ request to a docker-registry on 127.0.0.1 (one open, one with htpasswd).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 
 from e2e.daemon import Daemon, running
-from tests.support.images import File, Image, build_image, build_layer, busybox_files, push_image
-from tests.support.registry import RegistryServer, run_registry
+from tests.support.images import File, Image, build_image, build_layer, busybox_files
+from tests.support.registry import point_hosts, push, run_registry
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 from wharfd.api.services.images.v1 import images_pb2 as ipb
 from wharfd.api.services.images.v1 import images_pb2_grpc as ipb_grpc
 from wharfd.runtime.images import platforms
-from wharfd.runtime.registry import Resolver, Transport, auth
+from wharfd.runtime.registry import auth
 
 pytestmark = [
     pytest.mark.root,
@@ -54,19 +52,6 @@ def _image(cmd: str) -> Image:
     return build_image([build_layer(busybox_files())], cmd=[cmd], platform=platforms.host(), user="1000")
 
 
-def _push(server: RegistryServer, path: str, image: Image, creds: auth.Credentials | None = None) -> None:
-    async def main() -> None:
-        async with Transport(credentials=auth.static(creds) if creds else None) as transport:
-            await push_image(Resolver(transport).pusher(server.ref(path)), image, tag=path.rsplit(":", 1)[1])
-
-    asyncio.run(main())
-
-
-def _hosts(root: Path, domain: str, server: RegistryServer) -> None:
-    (root / domain).mkdir(parents=True)
-    (root / domain / "hosts.toml").write_text(f'server = "{server.url}"\n')
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     base = tmp_path_factory.mktemp("cri-images")
@@ -75,17 +60,17 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         run_registry(base / "open") as open_registry,
         run_registry(base / "locked", htpasswd={USER: PASSWORD}) as locked_registry,
     ):
-        _push(open_registry, "e2e/busybox:1", busybox)
-        _push(open_registry, "e2e/pause:3", pause)
-        _push(locked_registry, "e2e/private:1", busybox, auth.Credentials(USER, PASSWORD))
+        push(open_registry, "e2e/busybox:1", busybox)
+        push(open_registry, "e2e/pause:3", pause)
+        push(locked_registry, "e2e/private:1", busybox, auth.Credentials(USER, PASSWORD))
         # Big enough that concurrent pulls of it overlap (test_concurrent_pulls_share_only_with_their_credentials).
         shared = build_image(
             [build_layer([File("blob.bin", os.urandom(16 << 20))])], platform=platforms.host()
         )
-        _push(locked_registry, "e2e/shared:1", shared, auth.Credentials(USER, PASSWORD))
+        push(locked_registry, "e2e/shared:1", shared, auth.Credentials(USER, PASSWORD))
         certs = base / "certs.d"
-        _hosts(certs, OPEN, open_registry)
-        _hosts(certs, LOCKED, locked_registry)
+        point_hosts(certs, OPEN, open_registry)
+        point_hosts(certs, LOCKED, locked_registry)
         config = (
             '[plugins."io.containerd.grpc.v1.cri"]\n'
             f'  sandbox_image = "{OPEN}/e2e/pause:3"\n'

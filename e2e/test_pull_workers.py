@@ -10,7 +10,6 @@ the daemon gives the pull's freed heap back to the kernel (``malloc_trim``).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -19,13 +18,12 @@ from pathlib import Path
 import pytest
 
 from e2e.daemon import Daemon, running
-from tests.support.images import build_image, build_layer, busybox_files, push_image
-from tests.support.registry import RegistryServer, run_registry
+from tests.support.images import build_image, build_layer, busybox_files
+from tests.support.registry import RegistryServer, point_hosts, push, run_registry
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 from wharfd.runtime import cpu
 from wharfd.runtime.images import platforms
-from wharfd.runtime.registry import Resolver, Transport
 from wharfd.runtime.shim import cgroups
 
 pytestmark = [
@@ -42,16 +40,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registr
     base = tmp_path_factory.mktemp("pull-workers")
     image = build_image([build_layer(busybox_files())], platform=platforms.host())
     with run_registry(base / "registry") as server:
-
-        async def push() -> None:
-            async with Transport() as transport:
-                await push_image(Resolver(transport).pusher(server.ref("e2e/busybox:1")), image, tag="1")
-
-        asyncio.run(push())
-        hosts = base / "certs.d"
-        (hosts / DOMAIN).mkdir(parents=True)
-        (hosts / DOMAIN / "hosts.toml").write_text(f'server = "{server.url}"\n')
-        yield server, hosts
+        push(server, "e2e/busybox:1", image)
+        yield server, point_hosts(base / "certs.d", DOMAIN, server)
 
 
 def _config(hosts: Path, extra: str = "") -> str:

@@ -248,14 +248,20 @@ def test_capability_args_reach_only_declaring_plugins(tmp_path: Path) -> None:
     assert second["prevResult"]["ips"][0]["address"] == "10.0.0.2/24"
 
 
-def test_a_cancelled_plugin_runs_to_its_end_first(tmp_path: Path) -> None:
-    """A caller going away mid-ADD: the plugin finishes (its DEL then sees all it did); a second cancel kills it."""
+def _slow_plugin(tmp_path: Path, then: str = "") -> tuple[Path, Path]:
+    """A plugin "slow" that takes 0.5 s, then touches the returned marker file and runs ``then``."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     done = tmp_path / "done"
     slow = bin_dir / "slow"
-    slow.write_text(f'#!/bin/sh\nsleep 0.5\ntouch {done}\necho \'{{"cniVersion": "1.0.0"}}\'\n')
+    slow.write_text(f"#!/bin/sh\nsleep 0.5\ntouch {done}\n{then}")
     slow.chmod(0o755)
+    return bin_dir, done
+
+
+def test_a_cancelled_plugin_runs_to_its_end_first(tmp_path: Path) -> None:
+    """A caller going away mid-ADD: the plugin finishes (its DEL then sees all it did); a second cancel kills it."""
+    bin_dir, done = _slow_plugin(tmp_path, 'echo \'{"cniVersion": "1.0.0"}\'\n')
     invocation = cniexec.Invocation("ADD", "c1", "/proc/self/ns/net", "eth0")
 
     async def main() -> None:
@@ -281,12 +287,7 @@ def test_a_cancelled_plugin_runs_to_its_end_first(tmp_path: Path) -> None:
 
 def test_a_cancelled_check_stops_at_once(tmp_path: Path) -> None:
     """CHECK changes nothing: a caller going away kills it at once (a restart's checks do not hold shutdown)."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    done = tmp_path / "done"
-    slow = bin_dir / "slow"
-    slow.write_text(f"#!/bin/sh\nsleep 0.5\ntouch {done}\n")
-    slow.chmod(0o755)
+    bin_dir, done = _slow_plugin(tmp_path)
     invocation = cniexec.Invocation("CHECK", "c1", "/proc/self/ns/net", "eth0")
 
     async def main() -> None:

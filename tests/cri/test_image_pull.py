@@ -15,8 +15,7 @@ from aiohttp import web
 
 from tests.cri.images_fixtures import Stores, run, small_image, store_image
 from tests.support.images import Image as BuiltImage
-from tests.support.images import push_image
-from tests.support.registry import RegistryServer, run_registry, serve_app
+from tests.support.registry import RegistryServer, point_hosts, push, run_registry, serve_app
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.cri.image_pull import ImagePuller, auth_config, credentials_for
 from wharfd.cri.images import IMAGE_MANAGED, LABEL_IMAGE, LABEL_PINNED, PINNED, ImageConfig, parse_docker_ref
@@ -26,7 +25,7 @@ from wharfd.runtime.images.pull import Puller, PullOptions, PullResult
 from wharfd.runtime.images.unpack import Unpacker
 from wharfd.runtime.metadata.images import Image
 from wharfd.runtime.metadata.leases import LeaseStore
-from wharfd.runtime.registry import Resolver, Transport, auth
+from wharfd.runtime.registry import auth
 from wharfd.runtime.snapshots.metadata import NamespacedSnapshotter
 from wharfd.runtime.snapshots.native import NativeBackend
 
@@ -159,16 +158,8 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Remote]:
     base = tmp_path_factory.mktemp("pull-registry")
     image = small_image("pulled", layers=2)
     with run_registry(base / "registry") as registry:
-
-        async def push() -> None:
-            async with Transport() as transport:
-                await push_image(Resolver(transport).pusher(registry.ref("unit/app")), image, tag="1")
-
-        asyncio.run(push())
-        certs = base / "certs.d"
-        (certs / DOMAIN).mkdir(parents=True)
-        (certs / DOMAIN / "hosts.toml").write_text(f'server = "{registry.url}"\n')
-        yield Remote(registry, certs, image)
+        push(registry, "unit/app:1", image)
+        yield Remote(registry, point_hosts(base / "certs.d", DOMAIN, registry), image)
 
 
 class Counting(Puller):

@@ -45,7 +45,9 @@ import pytest
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from tests.support.images import Image
     from tests.support.tokens import TokenServer
+    from wharfd.runtime.registry import auth
 
 DOCKER_REGISTRY = "/usr/bin/docker-registry"
 READY_TIMEOUT = 15.0
@@ -307,3 +309,25 @@ async def serve_app(app: web.Application) -> AsyncIterator[str]:
         yield f"{host}:{port}"
     finally:
         await runner.cleanup()
+
+
+def push(server: RegistryServer, path: str, image: Image, creds: auth.Credentials | None = None) -> None:
+    """Push ``image`` as ``path`` (``repo:tag``) to ``server`` with wharfd's client, from sync code."""
+    import asyncio
+
+    from tests.support.images import push_image
+    from wharfd.runtime.registry import Resolver, Transport
+    from wharfd.runtime.registry import auth as registry_auth
+
+    async def main() -> None:
+        async with Transport(credentials=registry_auth.static(creds) if creds else None) as transport:
+            await push_image(Resolver(transport).pusher(server.ref(path)), image, tag=path.rsplit(":", 1)[1])
+
+    asyncio.run(main())
+
+
+def point_hosts(root: Path, domain: str, server: RegistryServer) -> Path:
+    """A ``<root>/<domain>/hosts.toml`` that sends ``domain`` to ``server``; returns ``root``."""
+    (root / domain).mkdir(parents=True, exist_ok=True)
+    (root / domain / "hosts.toml").write_text(f'server = "{server.url}"\n')
+    return root
