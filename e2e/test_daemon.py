@@ -25,8 +25,10 @@ from wharfd.api.services.introspection.v1 import introspection_pb2 as ipb
 from wharfd.api.services.introspection.v1 import introspection_pb2_grpc as ipb_grpc
 from wharfd.api.services.namespaces.v1 import namespace_pb2 as nspb
 from wharfd.api.services.namespaces.v1 import namespace_pb2_grpc as nspb_grpc
+from wharfd.api.services.streaming.v1 import streaming_pb2, streaming_pb2_grpc
 from wharfd.api.services.version.v1 import version_pb2_grpc
 from wharfd.runtime import version
+from wharfd.runtime.services import streaming
 
 
 def test_cri_version(daemon: Daemon) -> None:
@@ -229,6 +231,15 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
     with running(tmp_path / "d", extra_config=extra) as d:
         with d.channel() as ch:
             cri_grpc.RuntimeServiceStub(ch).Version(cri.VersionRequest(), timeout=5)
+            # A bidi call whose servicer writes through the context, not by yielding: the first call
+            # loads the service, the second goes through the metrics interceptor as registered.
+            for n in range(2):
+                init = streaming.pack(streaming_pb2.StreamInit(id=f"wharfd-test-metrics-{n}"))
+                call = streaming_pb2_grpc.StreamingStub(ch).Stream(
+                    iter([init]), metadata=(("containerd-namespace", "default"),), timeout=10
+                )
+                assert next(call).type_url == "google.protobuf.Empty"  # the ack
+                call.cancel()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/metrics", timeout=5) as resp:
             text = resp.read().decode()
     assert (

@@ -24,6 +24,7 @@ import grpc
 
 from wharfd.runtime import plugin, prom, version
 from wharfd.runtime.prom import Counter, Histogram
+from wharfd.runtime.services import boundary
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -137,7 +138,8 @@ class GrpcMetrics(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             started = time.monotonic()
             failed: BaseException | None = None
             try:
-                async for item in fn(request, context):
+                # Responses written through the context (not yielded) are not counted as sent.
+                async for item in boundary.responses(fn, request, context):
                     GRPC_SENT.labels(*labels).inc()
                     yield item
             except BaseException as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -137,3 +138,17 @@ def _unimplemented(full: str, *, streaming: bool) -> Callable[..., Any]:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
     return handler
+
+
+async def responses(behaviour: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+    """The responses of a streaming behaviour, whichever of grpc.aio's two forms it takes.
+
+    A behaviour either yields its responses or, a coroutine, writes them
+    through the context (``Streaming.Stream`` does); a wrapper around either
+    (the lazy services, the metrics interceptor) iterates this.
+    """
+    if inspect.iscoroutinefunction(behaviour):
+        await behaviour(request, context)
+        return
+    async for item in behaviour(request, context):
+        yield item

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from wharfd.api.services.methods import METHODS
+from wharfd.runtime.services import boundary
 
 Context = grpc.aio.ServicerContext[Any, Any]
 # A Handler; grpc-stubs type its behaviours as the synchronous server's, these are grpc.aio's.
@@ -153,7 +153,9 @@ class LazyService(_GenericRpcHandler):
 
         async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
             handler = (await self.load())[method]
-            async for item in _responses(handler.unary_stream, handler.request_deserializer(raw), context):
+            async for item in boundary.responses(
+                handler.unary_stream, handler.request_deserializer(raw), context
+            ):
                 yield item
 
         async def stream_unary(requests: Any, context: Context) -> Any:
@@ -162,7 +164,7 @@ class LazyService(_GenericRpcHandler):
 
         async def stream_stream(requests: Any, context: Context) -> AsyncIterator[Any]:
             handler = (await self.load())[method]
-            async for item in _responses(handler.stream_stream, requests, context):
+            async for item in boundary.responses(handler.stream_stream, requests, context):
                 yield item
 
         match kind:
@@ -174,12 +176,3 @@ class LazyService(_GenericRpcHandler):
                 return grpc.stream_unary_rpc_method_handler(stream_unary, deserialize, serialize)
             case _:
                 return grpc.stream_stream_rpc_method_handler(stream_stream, deserialize, serialize)
-
-
-async def _responses(behaviour: Any, request: Any, context: Context) -> AsyncIterator[Any]:
-    """The responses of a streaming behaviour, whichever of grpc.aio's two forms it takes."""
-    if inspect.iscoroutinefunction(behaviour):
-        await behaviour(request, context)  # it writes its responses through the context
-        return
-    async for item in behaviour(request, context):
-        yield item
