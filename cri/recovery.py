@@ -109,7 +109,11 @@ async def check_networks(state: CriState) -> None:
     limit = asyncio.Semaphore(CHECK_CONCURRENCY)
 
     async def check(sandbox: Sandbox) -> None:
-        async with limit:
+        # Under the pod's lock, as StopPodSandbox's DEL is: CNI forbids a CHECK beside a DEL of the
+        # same container, and a pod stopped meanwhile has nothing left to check.
+        async with limit, sandbox.lock:
+            if sandbox.status.sandbox_state is not SandboxState.READY or sandbox.status.netns_closed:
+                return
             meta = sandbox.metadata
             try:
                 await network.check(state.cni, sandbox.id, meta.netns_path, meta.config)
