@@ -443,12 +443,9 @@ def _resolve_user(userstr: str, mounts: list[Mount], image: str) -> tuple[int, i
     """
     import tempfile  # rare path: an idle daemon does not load it (random, hmac)
 
-    with tempfile.TemporaryDirectory(prefix="wharfd-sandbox-user-") as target:
-        mount.mount_all(mounts, target)
-        try:
-            user = users.resolve(userstr, target, image=image)
-        finally:
-            mount.unmount_all(target, mount.MNT_DETACH)
+    scratch = Path(tempfile.gettempdir())
+    with mount.temporary_blocking(mounts, scratch, "wharfd-sandbox-user-") as target:
+        user = users.resolve(userstr, target, image=image)
     return (user.uid, user.gid, (user.gid,))
 
 
