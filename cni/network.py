@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 
 from wharfd.cni import exec as cniexec
 from wharfd.cni.config import NetworkConfigList
-from wharfd.runtime import errors
+from wharfd.runtime import atomic_file, errors
 
 # Verbs newer than these versions do not exist for a network of an older version.
 _CHECK_SINCE = (0, 4, 0)
@@ -158,9 +157,9 @@ class Network:
             "config": self.conf.raw,
             "result": result,
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(entry))
-        os.replace(tmp, path)
+        # A temporary name per write: two pods' entries of one network never share one (a network's
+        # name may hold dots). No fsync: a cache, on the pod-start path, as libcni writes it.
+        atomic_file.write_atomic(path, json.dumps(entry).encode(), sync=False)
 
     def _read_cache(self, att: Attachment) -> dict[str, Any] | None:
         try:

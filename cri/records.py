@@ -29,8 +29,8 @@ from typing import Any, Generic, Self, TypeVar
 from google.protobuf import any_pb2
 
 from wharfd.api.cri.v1 import api_pb2 as cri
-from wharfd.cri.atomic_file import write_atomic
 from wharfd.runtime import errors
+from wharfd.runtime.atomic_file import write_atomic
 from wharfd.runtime.metadata.containers import Container as Record
 
 log = logging.getLogger("wharfd.cri.store")

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from wharfd.api.cri.v1 import api_pb2 as cri
-from wharfd.cri.atomic_file import write_atomic
 from wharfd.cri.cni_template import Template
 from wharfd.cri.config import RUNC_LIKE_TYPES
 from wharfd.runtime import errors
+from wharfd.runtime.atomic_file import write_atomic
 
 log = logging.getLogger("wharfd.cri")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from wharfd.cri import atomic_file
+from wharfd.runtime import atomic_file
 
 
 def test_replaces_the_file_whole_with_the_mode_asked(tmp_path: Path) -> None:

@@ -7,11 +7,12 @@ import os
 from pathlib import Path
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, sync: bool = True) -> None:
     """Replace ``path`` with ``data`` (blocking): a fresh file beside it, synced, then renamed over it.
 
     The data reaches the disk before the rename, so after a crash the file is
-    the old one or the new one whole. The temporary file has a name of its own
+    the old one or the new one whole (``sync=False``: readers still never see
+    a mix, but a crash may leave the file empty; for caches). The temporary file has a name of its own
     per write (two writers never rename each other's file), starts with a dot
     and ends in ``.tmp`` (a CNI conf dir ignores it), and is removed if the
     write fails. ``mode`` is set exactly, whatever the umask.
@@ -25,7 +26,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
