@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wharfd.cni import config
 from wharfd.cni.network import Attachment, Network
-from wharfd.runtime import errors
+from wharfd.runtime import errors, steps
 
 log = logging.getLogger("wharfd.cni")
 
@@ -134,7 +134,7 @@ class CniManager:
                 for index in range(len(attachments)):
                     await attach(index)
             else:
-                await _all_to_their_end([attach(index) for index in range(len(attachments))])
+                await steps.to_their_end([attach(index) for index in range(len(attachments))])
         except BaseException:
             for (network, att), result in reversed(list(zip(attachments, results, strict=True))):
                 if result is not None:
@@ -191,24 +191,3 @@ class CniManager:
             )
             for index, network in enumerate(await self.networks())
         ]
-
-
-async def _all_to_their_end(steps: Sequence[Awaitable[None]]) -> None:
-    """Run ``steps`` side by side, each to its end; then raise the first failure, if any.
-
-    Unlike a bare TaskGroup, one failing does not cancel the others. Cancelling
-    the caller cancels them all.
-    """
-    failures: list[Exception] = []
-
-    async def guarded(step: Awaitable[None]) -> None:
-        try:
-            await step
-        except Exception as exc:
-            failures.append(exc)
-
-    async with asyncio.TaskGroup() as group:
-        for step in steps:
-            group.create_task(guarded(step))
-    if failures:
-        raise failures[0]

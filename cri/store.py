@@ -47,7 +47,7 @@ from wharfd.cri.records import (
     now_ns,
     sandbox_record,
 )
-from wharfd.runtime import errors, namespaces
+from wharfd.runtime import errors, namespaces, steps
 from wharfd.runtime.metadata.containers import ContainerStore
 
 log = logging.getLogger("wharfd.cri.store")
@@ -323,29 +323,12 @@ async def both(
 ) -> tuple[T1, T2]:
     """Run two independent steps side by side, each to its end, and return both results.
 
-    Unlike a bare TaskGroup, a failure does not cancel the other step: a step
-    cut off half-way (a CNI plugin, a shim launch) could leave behind what no
-    undo knows of. ``failed`` is called as soon as either fails (so the other
-    can skip what it has not started); once both have ended the first failure
-    is raised. Cancelling the caller cancels both.
+    :func:`wharfd.runtime.steps.to_their_end` for two: a failure does not cancel
+    the other step, ``failed`` is called as soon as either fails, and once both
+    have ended the first failure is raised.
     """
-    failures: list[Exception] = []
-
-    async def guarded(step: Awaitable[T]) -> T | None:
-        try:
-            return await step
-        except Exception as exc:
-            failures.append(exc)
-            if failed is not None:
-                failed()
-            return None
-
-    async with asyncio.TaskGroup() as group:
-        one = group.create_task(guarded(first))
-        two = group.create_task(guarded(second))
-    if failures:
-        raise failures[0]
-    return one.result(), two.result()  # type: ignore[return-value]
+    one, two = await steps.to_their_end([first, second], failed=failed)
+    return one, two
 
 
 async def aiter_chunks(items: list[R], size: int = 100) -> AsyncIterator[list[R]]:

@@ -302,42 +302,6 @@ def test_a_cancelled_check_stops_at_once(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("serially", [False, True])
-def test_pod_loopback_beside_the_networks_unless_serially(tmp_path: Path, serially: bool) -> None:
-    """go-cni attaches a pod's networks (loopback among them) side by side; setup_serially keeps them in order."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    started = tmp_path / "net-started"
-    notes = tmp_path / "notes"
-    result = '{"cniVersion": "1.0.0", "interfaces": [], "ips": [{"address": "10.0.0.2/24"}]}'
-    # The loopback stand-in waits (up to 5 s) to see the network's plugin start.
-    (bin_dir / "loopback").write_text(
-        "#!/bin/sh\ncat >/dev/null\nn=0\n"
-        f"while [ ! -e {started} ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done\n"
-        f"if [ -e {started} ]; then echo lo-saw-net >> {notes}; else echo lo-alone >> {notes}; fi\n"
-        f"echo '{result}'\n"
-    )
-    (bin_dir / "net").write_text(
-        f"#!/bin/sh\ncat >/dev/null\ntouch {started}\necho net >> {notes}\necho '{result}'\n"
-    )
-    for script in bin_dir.iterdir():
-        script.chmod(0o755)
-    conf = tmp_path / "net.d"
-    conf.mkdir()
-    (conf / "10.conflist").write_text(
-        json.dumps({"cniVersion": "1.0.0", "name": "n", "plugins": [{"type": "net"}]})
-    )
-    pod = cri.PodSandboxConfig(metadata=cri.PodSandboxMetadata(name="p", uid="u", namespace="default"))
-
-    async def main() -> None:
-        manager = CniManager(Settings(conf, (str(bin_dir),), tmp_path / "cache"))
-        attached = await crinet.setup(manager, "c1", "/proc/self/ns/net", pod, serially=serially)
-        assert [a.ifname for a in attached] == ["eth0"]
-
-    asyncio.run(main())
-    assert notes.read_text().split() == (["lo-alone", "net"] if serially else ["net", "lo-saw-net"])
-
-
 def _stand_in_networks(
     tmp_path: Path, names: tuple[str, ...], wait: float, fail: str = ""
 ) -> tuple[Path, Path]:
