@@ -31,6 +31,7 @@ fi
 for cg in /sys/fs/cgroup/*/wharfd-test-* /sys/fs/cgroup/*/*/wharfd-test-*; do
   [ -d "$cg" ] && find "$cg" -depth -type d -exec rmdir {} \; 2>/dev/null
 done
-# The layer workers' group the test daemons made (runtime/cpu.py); kept while anything runs in it.
-rmdir /sys/fs/cgroup/cpu/wharfd-bulk 2>/dev/null || true
+# The layer workers' groups the test daemons made under their own cpu cgroups (runtime/cpu.py);
+# each stays while anything runs in it.
+find /sys/fs/cgroup/cpu* -mindepth 1 -depth -type d -name wharfd-bulk -exec rmdir {} \; 2>/dev/null || true
 exit 0

@@ -17,6 +17,7 @@ generated module of the gRPC services.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -161,7 +162,7 @@ async def _init_images(ctx: plugin.InitContext) -> LazyService:
 
 async def _init_introspection(ctx: plugin.InitContext) -> LazyService:
     plugins = ctx.plugins
-    server_uuid = load_uuid(ctx.root)
+    server_uuid = await asyncio.to_thread(load_uuid, ctx.root)  # a read; on first boot, a write
     return LazyService(INTROSPECTION, lambda m: m.IntrospectionService(plugins, server_uuid))
 
 
