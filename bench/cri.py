@@ -50,6 +50,7 @@ from bench.ksm import ksm_running, ksm_settings, ksmd_cpu_seconds, wait_for_merg
 from e2e.cri_support import BUSYBOX_REF, CONTAINERD, RUNC, TIMEOUT, CriRig, StockContainerd
 from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
+from wharfd.cri.config_schema import WHARF_V2
 
 # The longest wait for ksmd to reach a steady state over the pods' shims (bench/ksm.py).
 MERGE_WAIT = 300.0
@@ -120,6 +121,19 @@ def shim_of(target: Target, pod_id: str) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
+def runs_our_shim(target: Target) -> bool:
+    """Whether the target's handler runs our shim: its runtime type, from the daemon's own CRI config.
+
+    The handler is ``--handler`` ('' = the default runtime): in the rig, ``runc`` and ``wharf``
+    run ours and ``runc-stock`` the stock shim. containerd's config (camelCase keys) names no
+    runtime_type, so its stock shim is never taken for ours.
+    """
+    status = target.runtime.Status(cri.StatusRequest(verbose=True), timeout=TIMEOUT)
+    containerd = json.loads(status.info.get("config") or "{}").get("containerd") or {}
+    name = target.handler or containerd.get("default_runtime_name", "")
+    return bool(((containerd.get("runtimes") or {}).get(name) or {}).get("runtime_type") == WHARF_V2)
+
+
 def start_pod(rig: CriRig, target: Target, timer: Timer, name: str) -> tuple[str, str]:
     rt = target.runtime
     config = rig.pod_config(name)
@@ -186,7 +200,7 @@ def run_sequence(rig: CriRig, target: Target, pods_n: int, density: int) -> None
     target.shims = [memory(pid) for pid in shim_pids]
     # Our shims' copied pages are merged by ksmd (runtime/tasks/memory_merge.py) at the kernel's pace:
     # their PSS again once it is steady. The stock shim marks nothing mergeable.
-    if target.name.startswith("wharfd") and ksm_running():
+    if runs_our_shim(target) and ksm_running():
         began, cpu = time.monotonic(), ksmd_cpu_seconds()
         scans = wait_for_merging_blocking(MERGE_WAIT)
         waited = time.monotonic() - began
@@ -302,7 +316,8 @@ def main() -> None:
     parser.add_argument(
         "--handler",
         default="",
-        help="wharfd's runtime handler ('' = the default runtime; 'wharf' = our shim)",
+        help="wharfd's runtime handler ('' = the default runtime; 'runc', 'wharf' = our shim; "
+        "'runc-stock' = the stock shim)",
     )
     parser.add_argument(
         "--containerd", action="store_true", help=f"run the same sequence against {CONTAINERD} afterwards"

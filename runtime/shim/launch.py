@@ -31,6 +31,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 
 from wharfd.runtime import errors
 from wharfd.runtime.shim import wire
@@ -38,6 +39,7 @@ from wharfd.runtime.shim import wire
 # Imports stay light (no protobuf, no dataclasses): this process runs for every container.
 DEFAULT_SOCKET_DIR = "/run/wharfd/s"
 SOCKET_DIR_ENV = "WHARF_SHIM_SOCKET_DIR"  # the socket dir when the daemon names none (legacy start)
+# containerd's precedence: an explicit group, then the pod's sandbox.
 GROUP_ANNOTATIONS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 MAX_SOCKET_PATH = 106
 TASK_API_VERSION = 3
@@ -87,16 +89,16 @@ def read_bootstrap(data: bytes, flags: Flags) -> Bootstrap:
         boot = Bootstrap(sent=True, ttrpc_address=params.ttrpc_address, socket_dir=params.socket_dir)
         for extension in params.extensions:
             type_url, value = _any(extension)
-            if _is_options(type_url):
+            if names_type(type_url, OPTIONS_TYPE):
                 boot.options = value  # anything else (GENERIC_OPTIONS_TYPE) holds nothing for runc
         return boot
     # Before the bootstrap protocol, daemons sent the runtime options Any (or nothing).
     type_url, value = _any(data)
-    if _is_options(type_url):
+    if names_type(type_url, OPTIONS_TYPE):
         boot = Bootstrap()
         boot.options = value
         return boot
-    if is_generic_options(type_url):
+    if names_type(type_url, GENERIC_OPTIONS_TYPE):
         return Bootstrap()
     if params is not None and params.namespace == flags.namespace:
         raise errors.InvalidArgument(
@@ -149,13 +151,23 @@ def _any(data: bytes) -> tuple[str, bytes]:
     return type_url, value
 
 
-def _is_options(type_url: str) -> bool:
-    return type_url == OPTIONS_TYPE or type_url.endswith("/" + OPTIONS_TYPE)
+def names_type(type_url: str, name: str) -> bool:
+    """Whether an Any's ``type_url`` names message ``name``: bare, or ``<prefix>/name``."""
+    return type_url == name or type_url.endswith("/" + name)
 
 
-def is_generic_options(type_url: str) -> bool:
-    """Whether ``type_url`` names :data:`GENERIC_OPTIONS_TYPE` (taken as no options)."""
-    return type_url == GENERIC_OPTIONS_TYPE or type_url.endswith("/" + GENERIC_OPTIONS_TYPE)
+def group_of(annotations: Mapping[str, str], default: str) -> str:
+    """The shim group named by a container's annotations (:data:`GROUP_ANNOTATIONS`), else ``default``."""
+    for key in GROUP_ANNOTATIONS:
+        if annotations.get(key):
+            return str(annotations[key])
+    return default
+
+
+def default_socket_dir() -> str:
+    """Where shim sockets go when the daemon names no directory: ``$WHARF_SHIM_SOCKET_DIR``, else
+    :data:`DEFAULT_SOCKET_DIR`."""
+    return os.environ.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR
 
 
 def group_id(bundle: str, container_id: str) -> str:
@@ -167,10 +179,7 @@ def group_id(bundle: str, container_id: str) -> str:
         annotations = {}
     except ValueError as exc:
         raise errors.InvalidArgument(f"start: {bundle}/config.json: {exc}") from exc
-    for key in GROUP_ANNOTATIONS:
-        if annotations.get(key):
-            return str(annotations[key])
-    return container_id
+    return group_of(annotations, container_id)
 
 
 def socket_path(socket_dir: str, grpc_address: str, namespace: str, group: str) -> str:
@@ -223,9 +232,7 @@ def start(flags: Flags, stdin: bytes) -> bytes:
     """Run the ``start`` action; return what to print on stdout."""
     boot = read_bootstrap(stdin, flags)
     bundle = flags.bundle or os.getcwd()
-    socket_dir = boot.socket_dir
-    if socket_dir is None:
-        socket_dir = os.environ.get(SOCKET_DIR_ENV) or DEFAULT_SOCKET_DIR
+    socket_dir = boot.socket_dir if boot.socket_dir is not None else default_socket_dir()
     path = socket_path(socket_dir, flags.address, flags.namespace, group_id(bundle, flags.id))
     request = launch_request(
         flags,

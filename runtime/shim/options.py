@@ -18,9 +18,8 @@ from google.protobuf import any_pb2
 
 from wharfd.api.types.runc.options import oci_pb2
 from wharfd.runtime import errors
-from wharfd.runtime.shim.launch import is_generic_options
+from wharfd.runtime.shim.launch import GENERIC_OPTIONS_TYPE, OPTIONS_TYPE, names_type
 
-OPTIONS_TYPE = "containerd.runc.v1.Options"
 CHECKPOINT_OPTIONS_TYPE = "containerd.runc.v1.CheckpointOptions"
 DEFAULT_ROOT = "/run/wharfd/runc"
 OPTIONS_FILE = "options.json"
@@ -28,14 +27,13 @@ OPTIONS_FILE = "options.json"
 
 def is_type(any_: any_pb2.Any, name: str) -> bool:
     """Whether ``any_`` carries message ``name`` (bare or ``…/name`` type URL)."""
-    url = any_.type_url
-    return url == name or url.endswith("/" + name)
+    return names_type(any_.type_url, name)
 
 
 def from_any(any_: any_pb2.Any | None) -> oci_pb2.Options | None:
     """The runc options in ``any_``; None if it is empty or generic (launch.GENERIC_OPTIONS_TYPE);
     InvalidArgument if it is something else."""
-    if any_ is None or not (any_.type_url or any_.value) or is_generic_options(any_.type_url):
+    if any_ is None or not (any_.type_url or any_.value) or is_type(any_, GENERIC_OPTIONS_TYPE):
         return None
     if not is_type(any_, OPTIONS_TYPE):
         raise errors.InvalidArgument(f"options: unsupported type {any_.type_url!r}, want {OPTIONS_TYPE}")

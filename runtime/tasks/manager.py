@@ -6,9 +6,10 @@ Task.Create, with ``bootstrap.json`` written meanwhile (Create answers once it
 is on disk). Any failure undoes what was done, in reverse: shim shutdown, shim
 ``delete``, bundle.
 
-Pod grouping: a container whose spec annotations name a sandbox
-(``io.kubernetes.cri.sandbox-id``) or a group (``io.containerd.runc.v2.group``)
-runs in its sandbox's shim. A v3 shim of a sandbox task already known here is
+Pod grouping: a container whose spec annotations name a group
+(``io.containerd.runc.v2.group``, first) or a sandbox
+(``io.kubernetes.cri.sandbox-id``) runs in that group's shim
+(``launch.group_of``). A v3 shim of a sandbox task already known here is
 dialled directly (``<bundle>/sandbox`` records it); a v2 shim is asked to
 ``start`` again and answers with the address it already serves.
 
@@ -44,6 +45,7 @@ from wharfd.api.types import mount_pb2
 from wharfd.api.types.task import task_pb2
 from wharfd.runtime import errors, namespaces, plugin
 from wharfd.runtime.events import Exchange
+from wharfd.runtime.shim import launch
 from wharfd.runtime.tasks import memory_merge, shim
 from wharfd.runtime.tasks.bundle import (
     SANDBOX_FILE,
@@ -57,7 +59,6 @@ from wharfd.runtime.tasks.task import IO, Exit, Task
 
 log = logging.getLogger("wharfd.tasks")
 
-GROUP_ANNOTATIONS = ("io.kubernetes.cri.sandbox-id", "io.containerd.runc.v2.group")
 EXIT_TOPIC = "/tasks/exit"
 CRI_PLUGIN = "io.containerd.grpc.v1.cri"
 MAX_SOCKET_PATH = 106
@@ -221,7 +222,7 @@ class TaskManager:
         """
         log_fd, annotations = _make_bundle(bundle, binary, request.spec_json)
         try:
-            group = next((annotations[k] for k in GROUP_ANNOTATIONS if annotations.get(k)), "")
+            group = launch.group_of(annotations, "")
             if group and group != bundle.id and group in joinable:
                 bundle.write_file(SANDBOX_FILE, group)
                 return log_fd, annotations, joinable[group]
@@ -444,7 +445,7 @@ async def _init(ctx: plugin.InitContext) -> TaskManager:
     ctx.state.mkdir(parents=True, exist_ok=True, mode=0o711)
     ctx.root.mkdir(parents=True, exist_ok=True, mode=0o711)
     if ctx.plugin_config.get("merge_shim_memory", True):
-        memory_merge.enable_ksmd()
+        memory_merge.enable_ksmd(memory_merge.KSM_DIR)  # read at call time: tests point it elsewhere
     await manager.start()
     return manager
 

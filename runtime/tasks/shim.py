@@ -165,15 +165,17 @@ class Launcher:
             return None
         flags = launch.Flags(namespace=bundle.namespace, address=self.grpc_address, id=bundle.id)
         flags.debug = self.debug
-        socket_dir = self.socket_dir or launch.DEFAULT_SOCKET_DIR
-        raw = options.value if options is not None and launch._is_options(options.type_url) else b""
+        socket_dir = self.socket_dir or launch.default_socket_dir()
+        raw = (
+            options.value
+            if options is not None and launch.names_type(options.type_url, launch.OPTIONS_TYPE)
+            else b""
+        )
         try:
             if annotations is None:
                 group = launch.group_id(str(bundle.path), bundle.id)
-            else:  # the precedence `start` itself uses
-                group = next(
-                    (annotations[k] for k in launch.GROUP_ANNOTATIONS if annotations.get(k)), bundle.id
-                )
+            else:
+                group = launch.group_of(annotations, bundle.id)
             path = launch.socket_path(socket_dir, self.grpc_address, bundle.namespace, group)
             request = launch.launch_request(
                 flags,

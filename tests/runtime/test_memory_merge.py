@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from wharfd.cri.config import Config
+from wharfd.runtime import events, plugin
 from wharfd.runtime.shim.sharing import MERGE_ENV
+from wharfd.runtime.tasks import manager, memory_merge
 from wharfd.runtime.tasks.memory_merge import enable_ksmd
 
 
@@ -56,3 +60,29 @@ def test_mark_mergeable_flags_the_private_writable_mappings() -> None:
     answer = _marked(env)
     assert answer["marked"] > 1 << 20 and answer["flagged"] >= 3  # the heap, arenas, libraries' data
     assert _marked({**env, MERGE_ENV: "0"}) == {"marked": 0, "flagged": 0}
+
+
+@pytest.mark.parametrize(("merge", "after"), [(False, "0"), (True, "1")])
+def test_the_task_plugin_starts_ksmd_only_when_merge_shim_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, merge: bool, after: str
+) -> None:
+    """``merge_shim_memory`` in ``[plugins."io.containerd.runtime.v2.task"]``: false leaves ksmd as it is."""
+    ksm = tmp_path / "ksm"
+    ksm.mkdir()
+    (ksm / "run").write_text("0\n")
+    monkeypatch.setattr(memory_merge, "KSM_DIR", ksm)
+    cfg = Config(version=2, root=str(tmp_path / "root"), state=str(tmp_path / "state"))
+    plugins = plugin.PluginSet([events.PLUGIN, manager.PLUGIN], required=[manager.PLUGIN.uri])
+
+    def context(reg: plugin.Registration) -> plugin.InitContext:
+        section = {"merge_shim_memory": merge} if reg is manager.PLUGIN else {}
+        return plugin.InitContext(
+            reg, cfg, section, tmp_path / "root" / reg.uri, tmp_path / "state" / reg.uri, plugins
+        )
+
+    async def main() -> None:
+        await plugins.start(context)
+        await plugins.close()
+
+    asyncio.run(main())
+    assert (ksm / "run").read_text().strip() == after

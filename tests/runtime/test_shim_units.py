@@ -168,6 +168,45 @@ def test_group_comes_from_annotations(tmp_path: Path) -> None:
     assert launch.group_id(str(tmp_path), "c1") == "g"
 
 
+def test_the_runc_group_wins_over_the_sandbox_when_the_daemon_joins_a_shim(tmp_path: Path) -> None:
+    """containerd's precedence in the daemon too: ``io.containerd.runc.v2.group``, then the sandbox id."""
+    from wharfd.runtime.events import Exchange
+    from wharfd.runtime.tasks import manager, shim
+    from wharfd.runtime.tasks.bundle import SANDBOX_FILE, Bundle, ShimAddress
+
+    both = {"io.kubernetes.cri.sandbox-id": "sb", "io.containerd.runc.v2.group": "g"}
+    assert launch.group_of(both, "c1") == "g"
+    assert launch.group_of({"io.kubernetes.cri.sandbox-id": "sb"}, "c1") == "sb"
+    assert launch.group_of({"io.containerd.runc.v2.group": ""}, "c1") == "c1"
+    launcher = shim.Launcher(
+        grpc_address="/a.sock", ttrpc_address="/a.sock.ttrpc", publish_binary="/bin/true"
+    )
+    tasks = manager.TaskManager(tmp_path / "state", tmp_path / "root", launcher, Exchange())
+    joinable = {group: ShimAddress(f"unix:///{group}", version=3) for group in ("sb", "g")}
+    bundle = Bundle.at(tmp_path / "state", tmp_path / "root", "default", "c1")
+    request = manager.CreateRequest(spec_json=json.dumps({"annotations": both}).encode(), runtime="io.x.v2")
+    log_fd, annotations, address = tasks._make_bundle_and_launch(
+        bundle, "/usr/bin/containerd-shim-runc-v2", request, joinable
+    )
+    os.close(log_fd)
+    assert annotations == both
+    assert address == joinable["g"] and bundle.read_file(SANDBOX_FILE) == "g"
+
+
+def test_default_socket_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(launch.SOCKET_DIR_ENV, raising=False)
+    assert launch.default_socket_dir() == launch.DEFAULT_SOCKET_DIR
+    monkeypatch.setenv(launch.SOCKET_DIR_ENV, "/tmp/wharfd-test-s")
+    assert launch.default_socket_dir() == "/tmp/wharfd-test-s"
+
+
+def test_type_urls_name_a_message_bare_or_prefixed() -> None:
+    assert launch.names_type(launch.OPTIONS_TYPE, launch.OPTIONS_TYPE)
+    assert launch.names_type("type.googleapis.com/" + launch.OPTIONS_TYPE, launch.OPTIONS_TYPE)
+    assert not launch.names_type("x" + launch.OPTIONS_TYPE, launch.OPTIONS_TYPE)
+    assert options.from_any(any_pb2.Any(type_url="/" + launch.GENERIC_OPTIONS_TYPE, value=b"\n\x01x")) is None
+
+
 def test_options_any_and_options_json(tmp_path: Path) -> None:
     opts = oci_pb2.Options(root="/r", io_uid=1000, no_pivot_root=True)
     assert options.from_any(runc_any(opts)) == opts
