@@ -11,6 +11,7 @@ the daemon gives the pull's freed heap back to the kernel (``malloc_trim``).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from wharfd.api.cri.v1 import api_pb2 as cri
 from wharfd.api.cri.v1 import api_pb2_grpc as cri_grpc
 from wharfd.runtime import cpu
 from wharfd.runtime.images import platforms
+from wharfd.runtime.images.extract import WORKER_NICE
 from wharfd.runtime.shim import cgroups
 
 pytestmark = [
@@ -72,11 +74,39 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _workers(daemon: Daemon) -> int:
-    """How many workers the fork server (the daemon's child) has forked."""
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _workers(daemon: Daemon) -> list[int]:
+    """The processes the workers' fork server (a child of the daemon) has forked."""
     assert daemon.proc is not None
-    children = set(_descendants(daemon.proc.pid))
-    return sum(1 for child in children for _ in _descendants(child))
+    servers = [
+        pid
+        for pid in _descendants(daemon.proc.pid)
+        if _ppid(pid) == daemon.proc.pid
+        and b"multiprocessing.forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(servers) == 1, servers
+    return _descendants(servers[0])
+
+
+def _thread_slice() -> int:
+    with open("/proc/thread-self/sched") as f:
+        return next((int(line.split()[-1]) for line in f if line.startswith("se.slice")), 0)
+
+
+def _custom_slices() -> bool:
+    """Whether this kernel gives a thread the slice it asks for (Linux 6.12+), tried on a thread of its own."""
+    got: list[bool] = []
+
+    def probe() -> None:
+        got.append(cpu.set_slice(cpu.BULK_SLICE_NS) and _thread_slice() == cpu.BULK_SLICE_NS)
+
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return got[0]
 
 
 def _cpu_dir(pid: int) -> str:
@@ -97,12 +127,30 @@ def test_workers_run_in_their_own_cpu_cgroup_under_the_daemons(
     extra = '[plugins."io.containerd.differ.v1.walking"]\n  worker_cpu_shares = 5\n  unpack_workers = 3\n'
     with running(tmp_path / "d", extra_config=_config(hosts, extra)) as daemon:
         _pull(daemon)
-        assert _workers(daemon) == 3
+        assert len(_workers(daemon)) == 3
         assert daemon.proc is not None
         home = Path(_cpu_dir(daemon.proc.pid))
         group = home / cpu.BULK_GROUP
         assert _worker_dirs(daemon) == {str(group)}  # the fork server and every worker
         assert (group / "cpu.shares").read_text().strip() == "5"
+        # Each worker: a session of its own, niced, with the long time slice where the kernel has one
+        # (set by the worker's start-up, which the last one started may still be running).
+        nice = min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE, 19)
+
+        def started(pid: int) -> bool:  # setsid, then nice, then the slice (a moment later)
+            return os.getsid(pid) == pid and os.getpriority(os.PRIO_PROCESS, pid) == nice
+
+        deadline = time.monotonic() + 10
+        while not all(started(pid) for pid in _workers(daemon)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.05)
+        for pid in _workers(daemon):
+            assert os.getsid(pid) == pid
+            assert os.getpriority(os.PRIO_PROCESS, pid) == nice
+            with open(f"/proc/{pid}/sched") as f:
+                slices = [int(line.split()[-1]) for line in f if line.startswith("se.slice")]
+            if _custom_slices():
+                assert slices == [cpu.BULK_SLICE_NS]
         # The daemon's own threads stayed home (the one that started the fork server came back).
         for tid in os.listdir(f"/proc/{daemon.proc.pid}/task"):
             with open(f"/proc/{daemon.proc.pid}/task/{tid}/cgroup") as f:
@@ -120,7 +168,7 @@ def test_zero_shares_keeps_the_workers_in_the_daemons_cgroup(
         assert daemon.proc is not None
         assert _worker_dirs(daemon) == {_cpu_dir(daemon.proc.pid)}
         # unpack_workers = 0 (the default): one per CPU but one, at least one.
-        assert _workers(daemon) == max(1, (os.cpu_count() or 1) - 1)
+        assert len(_workers(daemon)) == max(1, (os.cpu_count() or 1) - 1)
 
 
 TRIMMED = "heap trimmed after image changes"

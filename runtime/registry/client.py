@@ -140,7 +140,7 @@ class Fetcher(Repository):
             return
         resp = await self._open(desc, offset, self.transport.request_blocking)
         body = self._body(desc, offset, resp)
-        copying = asyncio.ensure_future(run_blocking(self._copy_body, resp, body, writer, written))
+        copying = run_blocking(self._copy_body, resp, body, writer, written)
         cancelled = False
         while not copying.done():
             try:

@@ -480,7 +480,7 @@ class Transport:
         else:
             conn = http.client.HTTPConnection(host, port, timeout=timeout)
         resp = BlockingResponse(method, url, conn, self.progress_timeout)
-        sending = asyncio.ensure_future(run_blocking(resp.send, headers, None))
+        sending = run_blocking(resp.send, headers, None)
         try:
             await asyncio.shield(sending)
         except asyncio.CancelledError:

@@ -236,7 +236,7 @@ async def _init_differ(ctx: plugin.InitContext) -> WalkingDiffer:
     size = int(ctx.plugin_config.get("unpack_workers", 0))
     shares = int(ctx.plugin_config.get("worker_cpu_shares", cpu.WORKER_SHARES))
     group = await asyncio.to_thread(cpu.BulkGroup.make, shares) if shares > 0 else None
-    return WalkingDiffer(ctx.get(plugin.CONTENT, "content"), Workers(size or None, group), scratch)
+    return WalkingDiffer(ctx.get(plugin.CONTENT, "content"), Workers(size, group), scratch)
 
 
 async def _close_differ(differ: WalkingDiffer) -> None:

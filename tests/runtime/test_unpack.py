@@ -324,7 +324,7 @@ def _session_nice_slice() -> tuple[int, int, int]:
 
 def test_workers_run_in_their_own_session_niced_with_a_long_slice() -> None:
     from wharfd.runtime import cpu
-    from wharfd.runtime.images.extract import WORKER_NICE, Workers
+    from wharfd.runtime.images.extract import WORKER_NICE
 
     async def main() -> tuple[int, int, int]:
         workers = Workers(1)
