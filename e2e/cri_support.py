@@ -102,6 +102,7 @@ class CriRig:
         extra_config: str = "",
         cni_plugins: Sequence[dict[str, Any]] = (),
         cni_executables: Mapping[str, str] | None = None,
+        cni_config: str = "",
     ) -> None:
         # Images first: nothing to clean up yet if building them fails.
         self.pause = pause_image()
@@ -121,6 +122,7 @@ class CriRig:
         # stock plugins in a bin dir of the rig's own.
         self.cni_plugins = list(cni_plugins)
         self.cni_executables = dict(cni_executables or {})
+        self.cni_config = cni_config  # more lines of the CRI plugin's [cni] section
         self.registry: RegistryServer | None = None
         self._registry_cm: Any = None
         self.daemon = Daemon(self.base / "d")
@@ -162,6 +164,7 @@ class CriRig:
             f"{section[:-1]}.cni]\n"
             f'  bin_dir = "{self.cni_bin_dir}"\n'
             f'  conf_dir = "{self.cni_conf_dir}"\n'
+            f"{self.cni_config}"
             f"{section[:-1]}.registry]\n"
             f'  config_path = "{self.certs_dir}"\n'
             f"{section[:-1]}.containerd.runtimes.runc.options]\n"
